@@ -1,0 +1,1 @@
+"""Capture (torch.export) and backend compilation of the JetSpec graphs."""

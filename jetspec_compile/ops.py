@@ -1,0 +1,88 @@
+"""The `jetspec` custom ops.
+
+`jetspec::tree_attention` is the one attention primitive of every graph: the queries of T new rows
+attend to the committed KV-cache prefix `[0, cache_len)` (always fully visible) plus the new rows'
+own keys under an explicit boolean mask. Verification passes the tree mask, prefill a causal mask,
+the draft head its context-plus-causal-block mask and a plain decoding step a 1x1 mask.
+
+Layouts (batch 1, heads first so GQA needs no repeated K/V):
+  q        [Hq, T, hd]       k, v        [Hkv, Tk, hd]     (the new rows; their RoPE already applied)
+  k_cache  [Hkv, S, hd]      v_cache     [Hkv, S, hd]
+  cache_len int64 [1]        mask bool   [T, Tk]            scale float
+  out      [T, Hq, hd] contiguous (the layout attention output has before o_proj)
+A query row that can see no key at all (cache_len 0 and an all-False mask row) returns zeros.
+
+The CPU kernel below is the reference (plain torch, fp32 softmax). The CUDA kernel launches the
+Triton kernel of `jetspec_compile.kernels.tree_attention`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["tree_attention", "tree_attention_reference"]
+
+
+def tree_attention_reference(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    cache_len: Tensor | int,
+    mask: Tensor,
+    scale: float,
+) -> Tensor:
+    """Plain-torch attention over `cache[:cache_len]` plus masked new rows; returns [T, Hq, hd]."""
+    hq, t, hd = q.shape
+    hkv = k.shape[0]
+    g = hq // hkv
+    n = int(cache_len.reshape(-1)[0]) if isinstance(cache_len, Tensor) else int(cache_len)
+    qf = q.float().reshape(hkv, g * t, hd) * scale  # query heads of one KV group share its keys
+    s_new = torch.matmul(qf, k.float().transpose(1, 2)).reshape(hkv, g, t, -1)
+    s_new = s_new.masked_fill(~mask.bool(), float("-inf"))
+    if n > 0:
+        kc, vc = k_cache[:, :n].float(), v_cache[:, :n].float()
+        s_old = torch.matmul(qf, kc.transpose(1, 2)).reshape(hkv, g, t, n)
+        scores = torch.cat([s_old, s_new], dim=-1)
+    else:
+        scores = s_new
+    m = scores.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).min)
+    p = torch.exp(scores - m)
+    denom = p.sum(dim=-1, keepdim=True)
+    p = p / torch.where(denom > 0, denom, torch.ones_like(denom))
+    p = p.reshape(hkv, g * t, -1)
+    out = torch.matmul(p[..., n:], v.float())
+    if n > 0:
+        out = out + torch.matmul(p[..., :n], vc)
+    return out.reshape(hq, t, hd).transpose(0, 1).contiguous().to(q.dtype)
+
+
+@torch.library.custom_op("jetspec::tree_attention", mutates_args=())
+def tree_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    cache_len: Tensor,
+    mask: Tensor,
+    scale: float,
+) -> Tensor:
+    """Tree attention (see module docstring); this default kernel is the CPU reference."""
+    return tree_attention_reference(q, k, v, k_cache, v_cache, cache_len, mask, scale)
+
+
+@tree_attention.register_kernel("cuda")
+def _(q, k, v, k_cache, v_cache, cache_len, mask, scale):
+    from .kernels.tree_attention import triton_tree_attention  # imports Triton only when CUDA runs
+
+    return triton_tree_attention(q, k, v, k_cache, v_cache, cache_len, mask, scale)
+
+
+@tree_attention.register_fake
+def _(q, k, v, k_cache, v_cache, cache_len, mask, scale):
+    hq, t, hd = q.shape
+    # Exactly what both kernels return: a fresh contiguous [T, Hq, hd] tensor (PITFALLS #2).
+    return q.new_empty((t, hq, hd))

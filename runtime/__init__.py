@@ -1,0 +1,1 @@
+"""Runtime: load an artifact folder and generate."""
