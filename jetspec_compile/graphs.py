@@ -1,0 +1,189 @@
+"""The static-shape graphs of JetSpec decoding, as nn.Modules over explicit, functional caches.
+
+These modules are what `torch.export` captures (jetspec_compile.export) and what the eager oracle
+runs (jetspec_compile.speculative). Every graph of one model holds the same `target` and `head`
+submodules, so parameter names agree across graphs.
+
+  prefill      (tokens[P], cache_len[1], k_cache, v_cache)
+               -> new target K/V rows [Lt,Hkv,P,hd] x2, new draft-context K/V rows [Ld,Hkv,P,hd] x2
+  draft        (anchor[1], cache_len[1], ctx_k, ctx_v)
+               -> tree: tokens[B], parents[B], depth[B], mask[B,B], score[B]
+  verify       (tokens[B], parents[B], depth[B], mask[B,B], cache_len[1], k_cache, v_cache)
+               -> out_tokens[D+1], accepted length[1], accepted rows: target K/V [Lt,Hkv,D+1,hd] x2,
+                  draft-context K/V [Ld,Hkv,D+1,hd] x2
+  verify_sample  verify + (temperature[1], top_k[1], top_p[1], uniform[B]): target tokens are samples
+  ar_step      (token[1], cache_len[1], k_cache, v_cache) -> next token[1], logits[V], K/V rows [Lt,Hkv,1,hd] x2
+
+The taps of the committed rows are projected into draft-context K/V inside prefill and verify, so the
+runtime commits both caches with the same copy and the draft graph needs only the anchor.
+Invariant: both caches hold committed_length - 1 rows (every committed token but the anchor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .accept import accept, greedy_tokens, sample_tokens
+from .attention import CacheAttention, causal_mask
+from .errors import JetSpecError
+from .head import DraftHead
+from .target import Target
+from .tree import StaticTree, Tree, build_tree, default_static_tree
+
+GRAPH_NAMES = ("prefill", "draft", "verify", "verify_sample", "ar_step")
+
+
+@dataclass
+class SpecConfig:
+    """Static shapes of one compiled model (DESIGN.md §3)."""
+
+    budget: int = 64  # B: nodes verified per round, root included
+    topk: int = 7  # K: candidates per depth
+    max_seq_len: int = 2048  # S: KV cache rows
+    prefill_chunk: int = 128  # P
+    tree: str = "dynamic"  # "dynamic" | "static"
+    static_tree: dict | None = field(default=None)  # StaticTree.to_json() when tree == "static"
+
+    def validate(self, head: DraftHead) -> None:
+        if self.tree not in ("dynamic", "static"):
+            raise JetSpecError(f"tree policy is {self.tree!r}; expected 'dynamic' or 'static'")
+        for name in ("budget", "topk", "max_seq_len", "prefill_chunk"):
+            if int(getattr(self, name)) < 1:
+                raise JetSpecError(f"{name} is {getattr(self, name)}; expected >= 1")
+        if self.max_seq_len < self.budget + head.depth + 2:
+            raise JetSpecError(f"max_seq_len {self.max_seq_len} is too small for budget {self.budget} and depth "
+                               f"{head.depth} (expected >= {self.budget + head.depth + 2})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _static_tree(spec: SpecConfig, head: DraftHead) -> StaticTree:
+    if spec.static_tree is not None:
+        tree = StaticTree.from_json(spec.static_tree)
+        if tree.budget != spec.budget:
+            raise JetSpecError(f"static tree budget {tree.budget} differs from budget {spec.budget}")
+        return tree
+    return default_static_tree(head.depth, spec.topk, spec.budget)
+
+
+class _Graph(nn.Module):
+    def __init__(self, target: Target, head: DraftHead, spec: SpecConfig):
+        super().__init__()
+        self.target = target
+        self.head = head
+        self.spec = spec
+        self.taps = list(head.target_layer_ids)
+
+    @property
+    def depth(self) -> int:
+        return self.head.depth
+
+
+class Prefill(_Graph):
+    def forward(self, tokens: Tensor, cache_len: Tensor, k_cache: Tensor, v_cache: Tensor):
+        P = tokens.shape[0]
+        positions = cache_len + torch.arange(P, device=tokens.device)
+        st = CacheAttention(k_cache, v_cache, cache_len, causal_mask(P, tokens.device))
+        _, taps = self.target.step(tokens, positions, st, tap_layers=self.taps)
+        ck, cv = self.head.project_context(taps.to(self.head.dtype), positions)
+        return st.new_k(), st.new_v(), ck, cv
+
+
+class Draft(_Graph):
+    def __init__(self, target: Target, head: DraftHead, spec: SpecConfig):
+        super().__init__(target, head, spec)
+        self.static = _static_tree(spec, head) if spec.tree == "static" else None
+        if self.static is not None:
+            par, dep, rk, mask = self.static.tensors()
+            self.register_buffer("tree_parents", par, persistent=False)
+            self.register_buffer("tree_depth", dep, persistent=False)
+            self.register_buffer("tree_rank", rk, persistent=False)
+            self.register_buffer("tree_mask", mask, persistent=False)
+
+    def forward(self, anchor: Tensor, cache_len: Tensor, ctx_k: Tensor, ctx_v: Tensor):
+        logits = self.head.block_logits(self.target, anchor, ctx_k, ctx_v, cache_len)  # [D, V]
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        top = torch.topk(logp, self.spec.topk, dim=-1)
+        tree = self.make_tree(anchor, top.indices, top.values)
+        return tree.tokens, tree.parents, tree.depth, tree.mask, tree.score
+
+    def make_tree(self, anchor: Tensor, topk_tokens: Tensor, topk_logprobs: Tensor) -> Tree:
+        if self.static is None:
+            return build_tree(anchor, topk_tokens, topk_logprobs, self.spec.budget)
+        topo = (self.tree_parents, self.tree_depth, self.tree_rank, self.tree_mask)
+        return self.static.materialize(anchor, topk_tokens, topk_logprobs, topo)
+
+
+class Verify(_Graph):
+    def _forward_tree(self, tokens, depth, mask, cache_len, k_cache, v_cache):
+        positions = cache_len + depth
+        st = CacheAttention(k_cache, v_cache, cache_len, mask)
+        hidden, taps = self.target.step(tokens, positions, st, tap_layers=self.taps)
+        return self.target.lm_head(hidden), taps, st
+
+    def _finish(self, tokens, parents, depth, mask, cache_len, target_tokens, taps, st):
+        acc = accept(tokens, parents, depth, mask, target_tokens, self.depth)
+        path = acc.path
+        k_rows = st.new_k().index_select(2, path)
+        v_rows = st.new_v().index_select(2, path)
+        positions = cache_len + torch.arange(self.depth + 1, device=tokens.device)
+        ck, cv = self.head.project_context(taps.index_select(0, path).to(self.head.dtype), positions)
+        return acc.out_tokens, acc.length, k_rows, v_rows, ck, cv
+
+    def forward(self, tokens, parents, depth, mask, cache_len, k_cache, v_cache):
+        logits, taps, st = self._forward_tree(tokens, depth, mask, cache_len, k_cache, v_cache)
+        return self._finish(tokens, parents, depth, mask, cache_len, greedy_tokens(logits), taps, st)
+
+
+class VerifySample(Verify):
+    def forward(self, tokens, parents, depth, mask, cache_len, k_cache, v_cache, temperature, top_k, top_p, uniform):
+        logits, taps, st = self._forward_tree(tokens, depth, mask, cache_len, k_cache, v_cache)
+        target_tokens = sample_tokens(logits, temperature, top_k, top_p, uniform)
+        return self._finish(tokens, parents, depth, mask, cache_len, target_tokens, taps, st)
+
+
+class ArStep(_Graph):
+    def forward(self, token: Tensor, cache_len: Tensor, k_cache: Tensor, v_cache: Tensor):
+        st = CacheAttention(k_cache, v_cache, cache_len, causal_mask(1, token.device))
+        hidden, _ = self.target.step(token, cache_len, st, tap_layers=self.taps)
+        logits = self.target.lm_head(hidden)[0].float()
+        return greedy_tokens(logits).reshape(1), logits, st.new_k(), st.new_v()
+
+
+GRAPH_CLASSES = {"prefill": Prefill, "draft": Draft, "verify": Verify, "verify_sample": VerifySample,
+                 "ar_step": ArStep}
+
+
+def build_graphs(target: Target, head: DraftHead, spec: SpecConfig, names=GRAPH_NAMES) -> dict[str, _Graph]:
+    head.check_compatible(target)
+    spec.validate(head)
+    return {n: GRAPH_CLASSES[n](target, head, spec).eval() for n in names}
+
+
+def example_inputs(name: str, target: Target, head: DraftHead, spec: SpecConfig, device=None) -> tuple:
+    """Inputs of the right static shapes and dtypes for graph ``name`` (values are placeholders)."""
+    dev = torch.device(device) if device is not None else target.device
+    S, B, P, D = spec.max_seq_len, spec.budget, spec.prefill_chunk, head.depth
+    i64 = dict(dtype=torch.int64, device=dev)
+    kc = torch.zeros(target.num_layers, target.num_kv_heads, S, target.head_dim, dtype=target.dtype, device=dev)
+    cc = torch.zeros(len(head.layers), head.num_kv_heads, S, head.head_dim, dtype=head.dtype, device=dev)
+    L = torch.tensor([5], **i64)
+    if name == "prefill":
+        return (torch.zeros(P, **i64), L, kc, kc.clone())
+    if name == "draft":
+        return (torch.zeros(1, **i64), L, cc, cc.clone())
+    tree = build_tree(torch.zeros(1, **i64), torch.zeros(D, spec.topk, **i64),
+                      torch.zeros(D, spec.topk, device=dev), B)
+    base = (tree.tokens, tree.parents, tree.depth, tree.mask, L, kc, kc.clone())
+    if name == "verify":
+        return base
+    if name == "verify_sample":
+        f = dict(dtype=torch.float32, device=dev)
+        return base + (torch.ones(1, **f), torch.zeros(1, **i64), torch.ones(1, **f), torch.rand(B, **f))
+    if name == "ar_step":
+        return (torch.zeros(1, **i64), L, kc, kc.clone())
+    raise JetSpecError(f"unknown graph {name!r}; expected one of {GRAPH_NAMES}")

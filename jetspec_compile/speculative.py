@@ -1,0 +1,125 @@
+"""Eager speculative decoding: the graphs of jetspec_compile.graphs run uncompiled through the decode
+loop of jetspec_compile.decode. This is the oracle every compiled backend is tested against."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .decode import CacheDims, Decoder, Stats
+from .errors import JetSpecError
+from .graphs import SpecConfig, build_graphs
+from .head import DraftHead
+from .target import Target
+from .tree import StaticTree
+
+
+def cache_dims(target: Target, head: DraftHead) -> CacheDims:
+    return CacheDims(target.num_layers, target.num_kv_heads, target.head_dim,
+                     len(head.layers), head.num_kv_heads, head.head_dim, head.depth, target.dtype)
+
+
+class EagerGraphs(dict):
+    """name -> callable running the uncompiled graph module under inference mode."""
+
+    def __init__(self, modules: dict):
+        super().__init__({n: _inference(m) for n, m in modules.items()})
+
+
+def _inference(module):
+    def call(*args):
+        with torch.inference_mode():
+            return module(*args)
+
+    return call
+
+
+def _ids(input_ids: Tensor | Sequence[int]) -> list[int]:
+    if isinstance(input_ids, Tensor):
+        if input_ids.dim() > 2 or (input_ids.dim() == 2 and input_ids.shape[0] != 1):
+            raise JetSpecError(f"input_ids must be 1-D (or [1, n]), got shape {tuple(input_ids.shape)}")
+        return [int(x) for x in input_ids.reshape(-1).tolist()]
+    return [int(x) for x in input_ids]
+
+
+def eager_decoder(target: Target, head: DraftHead, spec: SpecConfig, names=None) -> Decoder:
+    graphs = build_graphs(target, head, spec, names) if names else build_graphs(target, head, spec)
+    return Decoder(EagerGraphs(graphs), budget=spec.budget, topk=spec.topk, max_seq_len=spec.max_seq_len,
+                   prefill_chunk=spec.prefill_chunk, dims=cache_dims(target, head), device=target.device)
+
+
+def _spec(head: DraftHead, n_prompt: int, max_new_tokens: int, budget: int, topk: int, tree, max_seq_len,
+          prefill_chunk: int) -> SpecConfig:
+    static = None
+    if isinstance(tree, StaticTree):
+        static, tree = tree.to_json(), "static"
+        budget = int(static["budget"])
+    S = max_seq_len or (n_prompt + max_new_tokens + head.depth + budget + 2)
+    return SpecConfig(budget=budget, topk=topk, max_seq_len=S, prefill_chunk=prefill_chunk, tree=tree,
+                      static_tree=static)
+
+
+def speculative_generate(
+    target: Target,
+    head: DraftHead,
+    input_ids: Tensor | Sequence[int],
+    max_new_tokens: int,
+    *,
+    budget: int = 64,
+    topk: int = 7,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    tree: str | StaticTree = "dynamic",
+    eos_token_id: int | Sequence[int] | None = None,
+    seed: int | None = None,
+    max_seq_len: int | None = None,
+    prefill_chunk: int = 64,
+) -> tuple[list[int], Stats]:
+    """Generate up to ``max_new_tokens`` after ``input_ids`` with JetSpec speculative decoding (eager).
+
+    Greedy (temperature 0) output equals the target's greedy decoding token for token; with
+    temperature > 0 every token is an exact sample of the (top-k / top-p filtered) target distribution.
+    ``tree`` is "dynamic", "static" (default uncalibrated topology) or a StaticTree. Returns the new
+    tokens and Stats (rounds, tokens committed per round, tau, per-stage seconds, finish_reason).
+    """
+    ids = _ids(input_ids)
+    spec = _spec(head, len(ids), max_new_tokens, budget, topk, tree, max_seq_len, prefill_chunk)
+    names = ("prefill", "draft", "verify_sample" if temperature > 0 else "verify")
+    dec = eager_decoder(target, head, spec, names)
+    stats = Stats()
+    eos = [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
+    out: list[int] = []
+    for chunk in dec.speculative(ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                 seed=seed, eos_token_ids=eos, stats=stats):
+        out.extend(chunk)
+    return out, stats
+
+
+def autoregressive_generate(
+    target: Target,
+    head: DraftHead,
+    input_ids: Tensor | Sequence[int],
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    seed: int | None = None,
+    max_seq_len: int | None = None,
+    prefill_chunk: int = 64,
+) -> tuple[list[int], Stats]:
+    """Plain decoding through the same cache machinery (prefill + ar_step graphs): the baseline."""
+    ids = _ids(input_ids)
+    spec = _spec(head, len(ids), max_new_tokens, 1, 1, "dynamic", max_seq_len, prefill_chunk)
+    dec = eager_decoder(target, head, spec, ("prefill", "ar_step"))
+    stats = Stats()
+    eos = [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
+    out: list[int] = []
+    for chunk in dec.autoregressive(ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                    seed=seed, eos_token_ids=eos, stats=stats):
+        out.extend(chunk)
+    return out, stats
