@@ -25,9 +25,6 @@ from . import ops  # noqa: F401  (registers torch.ops.jetspec.*)
 
 ATTN_IMPLEMENTATION = "jetspec"
 
-# Passing this as `attention_mask` makes HF skip building a mask (our masks travel in the state).
-NO_HF_MASK = {"full_attention": None, "sliding_attention": None}
-
 
 @dataclass
 class CacheAttention:

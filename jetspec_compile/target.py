@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .attention import NO_HF_MASK, CacheAttention, use_jetspec_attention
+from .attention import CacheAttention, use_jetspec_attention
 from .errors import JetSpecError
 from .safetensors_io import check_safetensors
 
@@ -157,8 +157,7 @@ class Target(nn.Module):
             tap_layers,
             input_ids=input_ids.unsqueeze(0),
             position_ids=positions.unsqueeze(0),
-            attention_mask=dict(NO_HF_MASK),
-            jetspec_cache=cache,
+            jetspec_cache=cache,  # HF's own causal mask is built but unused (dead code in exported graphs)
         )
         return hidden[0], taps[0]
 
