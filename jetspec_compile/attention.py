@@ -13,6 +13,7 @@ An attention function is registered under the name ``"jetspec"`` with transforme
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -21,9 +22,26 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from . import ops  # noqa: F401  (registers torch.ops.jetspec.*)
+from . import ops  # registers torch.ops.jetspec.*
 
 ATTN_IMPLEMENTATION = "jetspec"
+
+# "op": torch.ops.jetspec.tree_attention (one opaque node per layer); "dense": the same math in plain
+# torch ops (the decomposed form, for runtimes that cannot run the custom op, e.g. ONNX Runtime).
+_ATTENTION_FORM = ["op"]
+
+
+@contextlib.contextmanager
+def attention_form(form: str):
+    """Select how CacheAttention computes attention inside the block ("op" or "dense")."""
+    if form not in ("op", "dense"):
+        raise ValueError(f"attention form {form!r}; expected 'op' or 'dense'")
+    old = _ATTENTION_FORM[0]
+    _ATTENTION_FORM[0] = form
+    try:
+        yield
+    finally:
+        _ATTENTION_FORM[0] = old
 
 
 @dataclass
@@ -46,9 +64,8 @@ class CacheAttention:
             raise ValueError(f"jetspec attention runs batch 1, got a batch of {q.shape[0]}")
         self._k.append(k[0])
         self._v.append(v[0])
-        out = torch.ops.jetspec.tree_attention(
-            q[0], k[0], v[0], self.k_cache[layer], self.v_cache[layer], self.cache_len, self.mask, float(scale)
-        )
+        fn = torch.ops.jetspec.tree_attention if _ATTENTION_FORM[0] == "op" else ops.tree_attention_dense
+        out = fn(q[0], k[0], v[0], self.k_cache[layer], self.v_cache[layer], self.cache_len, self.mask, float(scale))
         return out.unsqueeze(0)  # [1, T, Hq, hd], the layout HF reshapes before o_proj
 
     def new_k(self) -> Tensor:

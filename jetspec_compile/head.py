@@ -134,11 +134,23 @@ class DraftHead(nn.Module):
         self.rotary_emb = Qwen3RotaryEmbedding(config)
         self.head_dim = self.layers[0].self_attn.head_dim
         self.num_kv_heads = int(config.num_key_value_heads)
+        self._depth: int | None = None
 
     @property
     def depth(self) -> int:
-        """D: the number of drafted depths (block size - 1)."""
-        return self.block_size - 1
+        """D: the number of drafted depths (block size - 1 unless set_depth chose fewer)."""
+        return self._depth if self._depth is not None else self.block_size - 1
+
+    def set_depth(self, depth: int) -> "DraftHead":
+        """Draft only the first ``depth`` depths (a shorter block). A causal head's first depths do not
+        depend on later slots, so its logits are unchanged; a bidirectional head's would change."""
+        full = self.block_size - 1
+        if not 1 <= depth <= full:
+            raise JetSpecError(f"depth is {depth}; this head drafts 1..{full} depths (block_size {self.block_size})")
+        if depth != full and not self.causal:
+            raise JetSpecError(f"depth is {depth}; a bidirectional (DFlash) head only drafts its full block of {full}")
+        self._depth = None if depth == full else depth
+        return self
 
     @property
     def dtype(self) -> torch.dtype:
@@ -159,7 +171,7 @@ class DraftHead(nn.Module):
     # ---- graph pieces -------------------------------------------------------------------------------
     def block_mask(self, device: torch.device | None = None) -> Tensor:
         """[D+1, D+1] bool: causal inside the block for a JetSpec head, full for a DFlash head."""
-        n = self.block_size
+        n = self.depth + 1
         full = torch.ones(n, n, dtype=torch.bool, device=device)
         return full.tril() if self.causal else full
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["tree_attention", "tree_attention_reference"]
+__all__ = ["tree_attention", "tree_attention_dense", "tree_attention_reference"]
 
 
 def tree_attention_reference(
@@ -56,6 +56,37 @@ def tree_attention_reference(
     out = torch.matmul(p[..., n:], v.float())
     if n > 0:
         out = out + torch.matmul(p[..., :n], vc)
+    return out.reshape(hq, t, hd).transpose(0, 1).contiguous().to(q.dtype)
+
+
+def tree_attention_dense(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    cache_len: Tensor,
+    mask: Tensor,
+    scale: float,
+) -> Tensor:
+    """The same attention in plain traceable torch (all S cache rows, masked by cache_len; no host read).
+
+    This is the "decomposed" form: graphs captured with it contain only standard ops (ONNX Runtime runs them).
+    """
+    hq, t, hd = q.shape
+    hkv, S = k_cache.shape[0], k_cache.shape[1]
+    g = hq // hkv
+    qf = q.float().reshape(hkv, g * t, hd) * scale
+    visible = (torch.arange(S, device=q.device) < cache_len.reshape(1)).reshape(1, 1, 1, S)
+    s_old = torch.matmul(qf, k_cache.float().transpose(1, 2)).reshape(hkv, g, t, S)
+    s_new = torch.matmul(qf, k.float().transpose(1, 2)).reshape(hkv, g, t, -1)
+    neg = torch.tensor(float("-inf"), device=q.device)
+    scores = torch.cat([torch.where(visible, s_old, neg), torch.where(mask.bool(), s_new, neg)], dim=-1)
+    m = scores.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).min)
+    p = torch.exp(scores - m)
+    denom = p.sum(dim=-1, keepdim=True)
+    p = (p / torch.where(denom > 0, denom, torch.ones_like(denom))).reshape(hkv, g * t, -1)
+    out = torch.matmul(p[..., :S], v_cache.float()) + torch.matmul(p[..., S:], v.float())
     return out.reshape(hq, t, hd).transpose(0, 1).contiguous().to(q.dtype)
 
 

@@ -1,0 +1,115 @@
+"""ONNX backend (interchange). Two files per graph:
+
+* ``<graph>.onnx`` — the decomposed form: tree attention written in standard ONNX ops, run by
+  ONNX Runtime (CPU here); this is what the runtime loads.
+* ``<graph>.custom.onnx`` — tree attention as one custom-domain node ``jetspec.TreeAttention``
+  (registered OpSchema, attribute ``scale``): the form a TensorRT plugin consumes through the ONNX parser.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from jetspec_compile.errors import BackendUnavailableError
+
+NAME = "onnx"
+EXT = "onnx"
+ATTENTION_FORM = "dense"
+DOMAIN = "jetspec"
+OP_TYPE = "TreeAttention"
+
+
+def check_available(device: str) -> None:
+    missing = []
+    for mod in ("onnx", "onnxscript", "onnxruntime"):
+        try:
+            __import__(mod)
+        except ImportError:
+            missing.append(mod)
+    if missing:
+        raise BackendUnavailableError(f"onnx backend needs {', '.join(missing)}: pip install 'jetspec-compile[onnx]'")
+    if torch.device(device).type != "cpu":
+        raise BackendUnavailableError("onnx backend: this runtime runs ONNX graphs with ONNX Runtime on the CPU; "
+                                      "use --device cpu (or the tensorrt / aoti backends on a GPU)")
+
+
+_SCHEMA_REGISTERED = []
+
+
+def register_schema() -> None:
+    """Register the jetspec.TreeAttention OpSchema (once per process)."""
+    if _SCHEMA_REGISTERED:
+        return
+    import onnx
+    from onnx.defs import OpSchema
+
+    P = OpSchema.FormalParameter
+    schema = OpSchema(
+        OP_TYPE, DOMAIN, 1,
+        doc="Attention of T new rows over a KV-cache prefix [0, cache_len) plus the new rows under a bool mask.",
+        inputs=[P("q", "T"), P("k", "T"), P("v", "T"), P("k_cache", "T"), P("v_cache", "T"),
+                P("cache_len", "tensor(int64)"), P("mask", "tensor(bool)")],
+        outputs=[P("out", "T")],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "float types")],
+        attributes=[OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, "softmax scale")],
+    )
+    onnx.defs.register_schema(schema)
+    _SCHEMA_REGISTERED.append(True)
+
+
+def _custom_table() -> dict:
+    import onnxscript
+
+    register_schema()
+    jetspec = onnxscript.values.Opset(DOMAIN, 1)
+
+    def tree_attention(q, k, v, k_cache, v_cache, cache_len, mask, scale: float):
+        return jetspec.TreeAttention(q, k, v, k_cache, v_cache, cache_len, mask, scale=scale)
+
+    return {torch.ops.jetspec.tree_attention.default: tree_attention}
+
+
+def compile_graph(ep: torch.export.ExportedProgram, example_args: tuple, path: Path, device: str,
+                  custom_ep: torch.export.ExportedProgram | None = None) -> dict:
+    """Write the decomposed graph (``ep``, captured with dense attention) and, when given, the custom-op form."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ep, example_args, str(path), dynamo=True, optimize=True, verbose=False)
+        meta = {}
+        if custom_ep is not None:
+            cpath = path.with_suffix(".custom.onnx")
+            torch.onnx.export(custom_ep, example_args, str(cpath), dynamo=True, optimize=True, verbose=False,
+                              custom_translation_table=_custom_table())
+            meta["custom_file"] = cpath.name
+    return meta
+
+
+def load_graph(path: Path, device: str, weights=None, input_names: list[str] | None = None) -> Callable:
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, torch.get_num_threads())
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    order = input_names or names
+
+    def run(*args):
+        feed = {}
+        for n, a in zip(order, args):
+            if n in names:
+                feed[n] = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+        return tuple(torch.from_numpy(o) for o in sess.run(None, feed))
+
+    return run
+
+
+def forward_arg_names(module: torch.nn.Module) -> list[str]:
+    return [p for p in inspect.signature(module.forward).parameters if p != "self"]

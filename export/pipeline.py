@@ -1,0 +1,181 @@
+"""Export: capture every graph with torch.export, compile it with a backend, write the artifact folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from jetspec_compile.attention import attention_form
+from jetspec_compile.errors import JetSpecError
+from jetspec_compile.graphs import GRAPH_NAMES, SpecConfig, build_graphs, example_inputs
+from jetspec_compile.head import DraftHead
+from jetspec_compile.safetensors_io import save_safetensors
+from jetspec_compile.target import Target
+
+from . import aoti, onnx, tensorrt
+from .artifact import atomic_folder, library_versions, write_manifest
+
+BACKENDS = {"aoti": aoti, "onnx": onnx, "tensorrt": tensorrt}
+WEIGHTS = "weights.safetensors"
+
+
+def get_backend(name: str):
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise JetSpecError(f"backend {name!r}; expected one of {sorted(BACKENDS)}") from None
+
+
+def capture(module: torch.nn.Module, args: tuple, form: str = "op") -> torch.export.ExportedProgram:
+    """torch.export (non-strict, static shapes) of one graph module; `form` picks op or dense attention."""
+    with torch.no_grad(), attention_form(form):
+        return torch.export.export(module, args, strict=False)
+
+
+def graph_weights(graphs: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of the graphs, once, keyed by the graphs' own names."""
+    out: dict[str, torch.Tensor] = {}
+    for m in graphs.values():
+        for k, v in list(m.named_parameters(remove_duplicate=False)) + list(m.named_buffers(remove_duplicate=False)):
+            out.setdefault(k, v.detach())
+    return out
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def export_model(
+    target: Target,
+    head: DraftHead,
+    spec: SpecConfig,
+    out: str | Path,
+    *,
+    backend: str = "aoti",
+    device: str = "cpu",
+    sampling: bool = True,
+    force: bool = False,
+    tokenizer_dir: str | Path | None = None,
+    sources: dict | None = None,
+    log: Callable[[str], None] = print,
+    _fail_after: str | None = None,
+) -> dict:
+    """Capture and compile the graphs into the artifact folder ``out`` (atomically). Returns the manifest."""
+    be = get_backend(backend)
+    be.check_available(device)
+    head.check_compatible(target)
+    spec.validate(head)
+    names = [n for n in GRAPH_NAMES if sampling or n != "verify_sample"]
+    target.to(device).eval()
+    head.to(device).eval()
+    if target.is_moe:
+        _static_experts(target)
+    graphs = build_graphs(target, head, spec, names)
+    out = Path(out)
+    t_start = time.perf_counter()
+    report: dict[str, dict] = {}
+    log(f"exporting {len(names)} graphs with backend {backend} on {device} "
+        f"(B={spec.budget} D={head.depth} K={spec.topk} S={spec.max_seq_len} P={spec.prefill_chunk}, "
+        f"tree={spec.tree}) -> {out}")
+    with atomic_folder(out, force=force) as tmp:
+        for i, name in enumerate(names, 1):
+            args = example_inputs(name, target, head, spec, device)
+            t0 = time.perf_counter()
+            ep = capture(graphs[name], args, be.ATTENTION_FORM)
+            t1 = time.perf_counter()
+            log(f"  [{i}/{len(names)}] {name}: captured in {t1 - t0:.1f}s, compiling ({backend}) ...")
+            path = tmp / f"{name}.{be.EXT}"
+            if backend == "onnx":
+                meta = be.compile_graph(ep, args, path, device, custom_ep=capture(graphs[name], args, "op"))
+            else:
+                meta = be.compile_graph(ep, args, path, device)
+            t2 = time.perf_counter()
+            if _fail_after == name:
+                raise RuntimeError(f"injected failure after compiling {name}")
+            size = path.stat().st_size
+            log(f"  [{i}/{len(names)}] {name}: compiled in {t2 - t1:.1f}s ({_fmt_bytes(size)})")
+            n_ops = sum(1 for n in ep.graph.nodes
+                        if n.op == "call_function" and n.target == torch.ops.jetspec.tree_attention.default)
+            report[name] = dict(file=path.name, capture_s=round(t1 - t0, 3), compile_s=round(t2 - t1, 3),
+                                bytes=size, jetspec_ops=n_ops,
+                                inputs=[str(getattr(a, "dtype", type(a))) + str(list(getattr(a, "shape", [])))
+                                        for a in args], **meta)
+        log("  writing weights and tokenizer ...")
+        weights = graph_weights(graphs)
+        save_safetensors({k: v.contiguous().clone().cpu() for k, v in weights.items()}, tmp / WEIGHTS)
+        tok = _copy_tokenizer(tokenizer_dir, tmp)
+        manifest = {
+            "name": out.name,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "backend": backend,
+            "device": str(device),
+            "dtype": str(target.dtype).removeprefix("torch."),
+            "shapes": {"budget": spec.budget, "depth": head.depth, "topk": spec.topk,
+                       "max_seq_len": spec.max_seq_len, "prefill_chunk": spec.prefill_chunk},
+            "tree": {"policy": spec.tree, "static": graphs["draft"].static.to_json() if graphs["draft"].static else None},
+            "sampling": sampling,
+            "graphs": report,
+            "weights": WEIGHTS,
+            "target": {"config": json.loads(target.config.to_json_string()), "tap_layers": head.target_layer_ids,
+                       "model_type": target.config.model_type, "num_layers": target.num_layers,
+                       "moe_experts": getattr(target.config, "_experts_implementation", None) if target.is_moe else None},
+            "head": {"config": head.config_dict(), "depth": head.depth},
+            "tokenizer": tok,
+            "eos_token_ids": _eos_ids(target, tokenizer_dir),
+            "sources": sources or {},
+            "versions": library_versions(),
+            "export_s": round(time.perf_counter() - t_start, 3),
+        }
+        manifest = write_manifest(tmp, manifest)
+    total = time.perf_counter() - t_start
+    log(f"done in {total:.1f}s: " + ", ".join(f"{n} {r['compile_s']:.0f}s/{_fmt_bytes(r['bytes'])}"
+                                               for n, r in report.items()))
+    return manifest
+
+
+def _static_experts(target: Target) -> None:
+    """Qwen3-MoE: use transformers' static-shape batched expert kernel (gathers each token's k experts)."""
+    for m in target.model.modules():
+        cfg = getattr(m, "config", None)
+        if cfg is not None and hasattr(cfg, "_experts_implementation"):
+            cfg._experts_implementation = "batched_mm"
+
+
+def _copy_tokenizer(folder, dest: Path) -> dict | None:
+    if folder is None:
+        return None
+    folder = Path(folder)
+    src = folder / "tokenizer.json"
+    if not src.is_file():
+        return None
+    shutil.copy2(src, dest / "tokenizer.json")
+    copied = ["tokenizer.json"]
+    for extra in ("tokenizer_config.json", "generation_config.json", "special_tokens_map.json"):
+        if (folder / extra).is_file():
+            shutil.copy2(folder / extra, dest / extra)
+            copied.append(extra)
+    return {"file": "tokenizer.json", "files": copied}
+
+
+def _eos_ids(target: Target, folder) -> list[int]:
+    ids = []
+    for src in (target.config.eos_token_id,
+                _json_field(Path(folder) / "generation_config.json", "eos_token_id") if folder else None):
+        if src is None:
+            continue
+        ids += [src] if isinstance(src, int) else list(src)
+    return sorted(set(int(i) for i in ids))
+
+
+def _json_field(path: Path, key: str):
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get(key)
+    except json.JSONDecodeError:
+        return None
