@@ -19,7 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _registrars():
-    return []
+    from .export.cli import register as export_commands
+    from .runtime.cli import register as runtime_commands
+    from .train import register_cli as train_commands
+
+    return [export_commands, runtime_commands, train_commands]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except JetSpecError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1
 
 
 if __name__ == "__main__":

@@ -47,6 +47,9 @@ class Stats:
     host_s: float = 0.0
     total_s: float = 0.0
     round_s: list[float] = field(default_factory=list)
+    # per-round seconds of each stage (same order as round_s): keys draft, verify, host, commit
+    stage_s: dict[str, list[float]] = field(default_factory=lambda: {"draft": [], "verify": [], "host": [],
+                                                                     "commit": []})
 
     @property
     def tau(self) -> float:
@@ -61,8 +64,14 @@ class Stats:
     def tokens_per_s(self) -> float:
         return self.new_tokens / self.decode_s if self.decode_s > 0 else 0.0
 
+    def add_round(self, draft: float, verify: float, host: float, commit: float) -> None:
+        for k, v in (("draft", draft), ("verify", verify), ("host", host), ("commit", commit)):
+            self.stage_s[k].append(v)
+            setattr(self, f"{k}_s", getattr(self, f"{k}_s") + v)
+        self.round_s.append(draft + verify + host + commit)
+
     def as_dict(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items() if k not in ("round_s",)}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("round_s", "stage_s")}
         d.update(tau=self.tau, tokens_per_s=self.tokens_per_s, decode_s=self.decode_s)
         return d
 
@@ -181,11 +190,7 @@ class Decoder:
                     keep = keep[: hit + 1]
                 emitted += len(keep)
                 st.new_tokens = emitted
-                st.draft_s += r1 - r0
-                st.verify_s += r2 - r1
-                st.host_s += r3 - r2
-                st.commit_s += r4 - r3
-                st.round_s.append(r4 - r0)
+                st.add_round(r1 - r0, r2 - r1, r3 - r2, r4 - r3)
                 yield keep
                 if hit is not None:
                     st.finish_reason = "eos"
@@ -236,10 +241,7 @@ class Decoder:
                 st.accepted.append(1)
                 emitted += 1
                 st.new_tokens = emitted
-                st.verify_s += r1 - r0
-                st.host_s += r2 - r1
-                st.commit_s += r3 - r2
-                st.round_s.append(r3 - r0)
+                st.add_round(0.0, r1 - r0, r2 - r1, r3 - r2)
                 yield [t]
                 if t in eos:
                     st.finish_reason = "eos"

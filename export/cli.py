@@ -1,0 +1,112 @@
+"""`jetspec-compile export` and `jetspec-compile inspect`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from jetspec_compile.errors import JetSpecError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="capture and compile a target + head into an artifact folder",
+                       description="Capture the prefill/draft/verify/ar_step graphs with torch.export and compile "
+                                   "them with a backend into an artifact folder. Without --target/--head it "
+                                   "exports the bundled demo.")
+    p.add_argument("--target", help="Qwen3 target folder (config.json, *.safetensors, tokenizer.json)")
+    p.add_argument("--head", help="JetSpec head folder (config.json, model.safetensors)")
+    p.add_argument("--backend", default="aoti", choices=("aoti", "tensorrt", "onnx"))
+    p.add_argument("--budget", type=int, default=64, help="B: tree nodes verified per round (root included)")
+    p.add_argument("--depth", type=int, default=None, help="D: drafted depths (default: the head's block size - 1)")
+    p.add_argument("--topk", type=int, default=7, help="K: candidates per depth")
+    p.add_argument("--max-seq-len", type=int, default=2048, help="S: KV cache rows")
+    p.add_argument("--prefill-chunk", type=int, default=128, help="P: prompt tokens per prefill call")
+    p.add_argument("--tree", default="dynamic", choices=("dynamic", "static"))
+    p.add_argument("--tree-stats", default=None,
+                   help="with --tree static: per-(depth, rank) acceptance JSON to calibrate the topology")
+    p.add_argument("--out", default=None, help="artifact folder (default artifacts/<name>-<backend>-b<B>)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--no-sampling", action="store_true", help="skip the verify_sample graph (greedy only)")
+    p.add_argument("--force", action="store_true", help="replace an existing artifact folder")
+    p.set_defaults(func=run_export)
+
+    q = sub.add_parser("inspect", help="print an artifact's manifest and verify every file hash")
+    q.add_argument("artifact")
+    q.add_argument("--json", action="store_true", help="print the raw manifest")
+    q.set_defaults(func=run_inspect)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from jetspec_compile import load_draft_head, load_target
+    from jetspec_compile.graphs import SpecConfig
+    from jetspec_compile.tree import calibrate_static_tree
+
+    from .pipeline import export_model
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if (args.target is None) != (args.head is None):
+        raise JetSpecError("pass both --target and --head, or neither (the bundled demo)")
+    stats = args.tree_stats
+    if args.target is None:
+        from jetspec_compile.demo_paths import demo_head_path, demo_target_path
+
+        target_dir, head_dir, name = demo_target_path(), demo_head_path(), "demo"
+        demo_stats = head_dir.parent / "accept_stats.json"
+        if args.tree == "static" and stats is None and demo_stats.is_file():
+            stats = demo_stats
+    else:
+        target_dir, head_dir, name = Path(args.target), Path(args.head), Path(args.head).name
+    dtype = getattr(torch, args.dtype)
+    print(f"loading head {head_dir} and target {target_dir} ...", flush=True)
+    head = load_draft_head(head_dir, dtype=dtype)
+    if args.depth is not None:
+        head.set_depth(args.depth)
+    target = load_target(target_dir, tap_layers=head.target_layer_ids, dtype=dtype)
+    static = None
+    if args.tree == "static" and stats is not None:
+        static = calibrate_static_tree(stats, args.budget, depth=head.depth, topk=args.topk).to_json()
+        print(f"static tree calibrated from {stats}", flush=True)
+    spec = SpecConfig(budget=args.budget, topk=args.topk, max_seq_len=args.max_seq_len,
+                      prefill_chunk=args.prefill_chunk, tree=args.tree, static_tree=static)
+    out = Path(args.out) if args.out else Path("artifacts") / f"{name}-{args.backend}-b{args.budget}"
+    export_model(target, head, spec, out, backend=args.backend, device=args.device, sampling=not args.no_sampling,
+                 force=args.force, tokenizer_dir=target_dir,
+                 sources={"target": str(target_dir), "head": str(head_dir), "tree_stats": str(stats) if stats else None},
+                 log=lambda s: print(s, flush=True))
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from .artifact import read_manifest
+
+    m = read_manifest(args.artifact, verify_hashes=True)
+    if args.json:
+        print(json.dumps(m, indent=2, sort_keys=True))
+        return 0
+    s = m["shapes"]
+    print(f"artifact   {args.artifact}")
+    print(f"backend    {m['backend']} on {m['device']}, dtype {m['dtype']}, schema v{m['schema_version']}")
+    print(f"shapes     B={s['budget']} D={s['depth']} K={s['topk']} S={s['max_seq_len']} P={s['prefill_chunk']}")
+    tree = m["tree"]
+    extra = f" ({len(tree['static']['paths']) + 1} nodes)" if tree.get("static") else ""
+    print(f"tree       {tree['policy']}{extra}; sampling graph: {'yes' if m.get('sampling') else 'no'}")
+    t, h = m["target"], m["head"]
+    print(f"target     {t['model_type']}, {t['num_layers']} layers, hidden {t['config']['hidden_size']}, "
+          f"vocab {t['config']['vocab_size']}, taps {t['tap_layers']}")
+    print(f"head       {h['config']['num_hidden_layers']} layers, depth {h['depth']}, "
+          f"causal {h['config']['dflash_config'].get('causal_head')}")
+    print(f"tokenizer  {m['tokenizer']['file'] if m.get('tokenizer') else 'none'}; eos {m.get('eos_token_ids')}")
+    print("graphs")
+    for name, g in m["graphs"].items():
+        print(f"  {name:14s} {g['file']:22s} {g['bytes'] / 2**20:7.1f} MiB  capture {g['capture_s']:6.1f}s  "
+              f"compile {g['compile_s']:6.1f}s  jetspec ops {g.get('jetspec_ops', '?')}")
+    if m.get("autotune"):
+        print(f"autotune   {m['autotune']}")
+    vers = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items() if v)
+    print(f"versions   {vers}")
+    print(f"files      {len(m['files'])} files, every sha256 verified")
+    return 0
