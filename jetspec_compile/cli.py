@@ -21,9 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _registrars():
     from .export.cli import register as export_commands
     from .runtime.cli import register as runtime_commands
+    from .runtime.profile import register as profile_commands
     from .train import register_cli as train_commands
 
-    return [export_commands, runtime_commands, train_commands]
+    return [export_commands, runtime_commands, profile_commands, train_commands]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -170,12 +170,14 @@ def _load_sub(module: torch.nn.Module, weights: dict, prefix: str, folder: Path)
     module.load_state_dict({k: weights[prefix + k] for k in want}, strict=True)
 
 
-def _eager_graphs(folder: Path, manifest: dict, weights: dict, device: torch.device) -> dict:
+def eager_models(folder: Path, manifest: dict, weights: dict, device: torch.device):
+    """Rebuild the target, the head and the SpecConfig of an artifact from its configs and weights.
+
+    Returns ``(target, head, spec)``; ``target.model`` is the Hugging Face model."""
     from transformers import AutoConfig, AutoModelForCausalLM, Qwen3Config
 
-    from jetspec_compile.graphs import SpecConfig, build_graphs
+    from jetspec_compile.graphs import SpecConfig
     from jetspec_compile.head import DraftHead
-    from jetspec_compile.speculative import EagerGraphs
     from jetspec_compile.target import Target
 
     tcfg = dict(manifest["target"]["config"])
@@ -195,6 +197,14 @@ def _eager_graphs(folder: Path, manifest: dict, weights: dict, device: torch.dev
     spec = SpecConfig(budget=shapes["budget"], topk=shapes["topk"], max_seq_len=shapes["max_seq_len"],
                       prefill_chunk=shapes["prefill_chunk"], tree=manifest["tree"]["policy"],
                       static_tree=manifest["tree"]["static"])
+    return target, head, spec
+
+
+def _eager_graphs(folder: Path, manifest: dict, weights: dict, device: torch.device) -> dict:
+    from jetspec_compile.graphs import build_graphs
+    from jetspec_compile.speculative import EagerGraphs
+
+    target, head, spec = eager_models(folder, manifest, weights, device)
     names = [n for n in manifest["graphs"]]
     return EagerGraphs(build_graphs(target, head, spec, names))
 

@@ -1,0 +1,145 @@
+"""`jetspec-compile profile`: a budget sweep on a tiny ONNX artifact writes JSON, CSV and PNG; --autotune."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from jetspec_compile.cli import main
+from jetspec_compile.errors import JetSpecError
+
+PNG = b"\x89PNG\r\n\x1a\n"
+PROMPTS = ["def add(a, b):\n    return a + b\n", "import os\nimport sys\n", "class Point:\n    x = 0\n"]
+BUDGET = 8  # the artifact's own budget; the sweep compiles budget 4
+
+
+def _char_tokenizer(path):
+    from tokenizers import Tokenizer, decoders, models
+
+    vocab = {chr(32 + i): i for i in range(95)}
+    vocab["\n"] = 95
+    for i in range(96, 128):
+        vocab[f"<x{i}>"] = i
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.decoder = decoders.Fuse()
+    tok.save(str(path / "tokenizer.json"))
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    """A tiny model exported with the onnx backend (greedy only), and a prompt file."""
+    from jetspec_compile.export.pipeline import export_model
+    from jetspec_compile.graphs import SpecConfig
+    from jetspec_compile.tiny import tiny_head, tiny_target
+
+    root = tmp_path_factory.mktemp("profile")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
+        torch.manual_seed(0)
+        target = tiny_target(num_layers=2, num_taps=1)
+        head = tiny_head(target, block_size=4, mask_token_id=127)
+        _char_tokenizer(root)
+        art = root / "tiny-onnx-b8"
+        export_model(target, head, SpecConfig(budget=BUDGET, topk=3, max_seq_len=96, prefill_chunk=16), art,
+                     backend="onnx", sampling=False, tokenizer_dir=root, log=lambda s: None)
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    return art, prompts, root
+
+
+def _finite_pos(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def _profile(art, prompts, out, *extra):
+    return main(["profile", str(art), "--prompts", str(prompts), "--budgets", "4", "--max-new-tokens", "12",
+                 "--reps", "2", "--out", str(out), *extra])
+
+
+def test_profile_two_budgets_writes_json_csv_png(artifact, inductor_cache, capsys):
+    art, prompts, root = artifact
+    out = root / "out"
+    assert _profile(art, prompts, out) == 0
+    log = capsys.readouterr().out
+    assert "[budget 4] compiling draft (onnx)" in log and "best budget" in log
+
+    res = json.loads((out / "profile.json").read_text())
+    assert res["settings"]["budgets"] == [4, BUDGET] and res["settings"]["reps"] == 2
+    assert res["settings"]["prompts"] == len(PROMPTS) and res["settings"]["hf"] is True
+    for name in ("ar_step", "hf_generate"):
+        base = res["baselines"][name]
+        assert _finite_pos(base["tokens_per_s"]) and len(base["tokens_per_s_reps"]) == 2
+    assert res["baselines"]["hf_generate"]["matches_ar_step_prompts"] == len(PROMPTS)
+    rows = {r["budget"]: r for r in res["budgets"]}
+    assert set(rows) == {4, BUDGET}
+    assert rows[BUDGET]["source"] == "artifact" and rows[4]["source"] == "sweep"
+    for r in rows.values():
+        for key in ("tau", "tokens_per_s", "decode_tokens_per_s", "speedup_vs_ar", "speedup_vs_hf", "round_ms"):
+            assert _finite_pos(r[key]), (key, r[key])
+        assert r["tau"] >= 1.0 and r["rounds"] > 0
+        assert 0.0 <= r["host_share"] < 1.0
+        for stage in ("draft", "verify", "host", "commit"):
+            s = r["stages_ms"][stage]
+            assert _finite_pos(s["median"]) and _finite_pos(s["p90"]) and s["p90"] >= s["median"]
+        assert r["lossless_prompts"] == len(PROMPTS)  # greedy speculative == ar_step, token for token
+    assert rows[4]["compile_cached"] is False and _finite_pos(rows[4]["compile_s"])
+    sweep = res["sweep"]["compiled"]["4"]
+    assert set(sweep["compile_s"]) == {"draft", "verify"} and _finite_pos(res["sweep"]["build_s_this_run"])
+    assert {p.name for p in (out / "sweep" / "b4").iterdir()} >= {"draft.onnx", "verify.onnx", "sweep.json"}
+
+    with open(out / "profile.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert sorted(int(r["budget"]) for r in table) == [4, BUDGET]
+    for r in table:
+        for key in ("tau", "tokens_per_s", "speedup_vs_ar", "speedup_vs_hf", "draft_ms_median", "verify_ms_p90",
+                    "host_ms_median", "commit_ms_p90"):
+            assert _finite_pos(float(r[key])), (key, r[key])
+        assert 0.0 <= float(r["host_share"]) < 1.0
+
+    for name in ("speedup.png", "tau.png", "stages.png"):
+        data = (out / name).read_bytes()
+        assert len(data) > 1000 and data.startswith(PNG), name
+
+
+def test_autotune_records_budget_and_reuses_sweep(artifact, inductor_cache, capsys):
+    from jetspec_compile.export.artifact import read_manifest
+    from jetspec_compile.runtime import load
+
+    art, prompts, root = artifact
+    out = root / "out"
+    if not (out / "sweep" / "b4" / "sweep.json").is_file():  # this test run alone: compile the sweep first
+        assert _profile(art, prompts, out, "--no-hf", "--reps", "1") == 0
+    capsys.readouterr()
+    assert _profile(art, prompts, out, "--autotune", "--no-hf") == 0
+    log = capsys.readouterr().out
+    assert "[budget 4] reusing compiled draft + verify" in log and "compiling" not in log
+    res = json.loads((out / "profile.json").read_text())
+    assert res["baselines"]["hf_generate"] is None
+    assert all(r["speedup_vs_hf"] is None for r in res["budgets"])
+    assert res["budgets"][0]["compile_cached"] is True and res["sweep"]["build_s_this_run"] == 0
+
+    manifest = read_manifest(art, verify_hashes=True)  # the hashed files are untouched
+    tune = manifest["autotune"]
+    assert tune["budget"] in (4, BUDGET) and tune["budget"] == res["best"]["budget"]
+    assert _finite_pos(tune["tokens_per_s"]) and tune["compiled_budget"] == BUDGET
+    assert tune["measured_at"] and tune["machine"]["cpu_count"]
+    assert tune["graphs"] == ("artifact" if tune["budget"] == BUDGET else str((out / "sweep" / "b4").resolve()))
+    engine = load(art)  # still loads and generates
+    assert len(engine.generate(PROMPTS[0], 4).tokens) == 4
+    assert main(["inspect", str(art)]) == 0
+    assert "autotune" in capsys.readouterr().out
+
+
+def test_budget_that_does_not_fit_is_rejected(artifact, tmp_path):
+    from jetspec_compile.runtime.profile import parse_budgets, profile_artifact
+
+    art, prompts, root = artifact
+    with pytest.raises(JetSpecError, match="do not fit this artifact's max_seq_len 96"):
+        profile_artifact(art, PROMPTS, [200], max_new_tokens=4, reps=1, out=tmp_path, log=lambda s: None)
+    with pytest.raises(JetSpecError, match="expected comma-separated integers"):
+        parse_budgets("8,x")
+    assert parse_budgets("64, 8,16,8") == [8, 16, 64]
