@@ -33,6 +33,7 @@ def _inference(module):
         with torch.inference_mode():
             return module(*args)
 
+    call.module = module  # the eager graph module behind the callable
     return call
 
 

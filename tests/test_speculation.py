@@ -301,3 +301,22 @@ def test_verify_step_exports(models):
         assert sum(o == torch.ops.jetspec.tree_attention.default for o in ops) == target.num_layers
         for a, b in zip(ep.module()(*args), g(*args)):
             torch.testing.assert_close(a, b)
+
+
+def test_accept_stats_feed_static_calibration(tmp_path):
+    from jetspec_compile.calibration import collect_accept_stats, save_accept_stats
+
+    V = 8
+    target = tiny_target(vocab_size=V, num_layers=2, num_taps=1, std=0.5)
+    head = tiny_head(target, block_size=5, mask_token_id=V - 1)
+    stats = collect_accept_stats(target, head, [[1, 2, 3], [4, 5], [6]], 16, budget=16, topk=3)
+    D, K = head.depth, 3
+    assert len(stats["accept_rate"]) == D and all(len(r) == K for r in stats["accept_rate"])
+    assert stats["reached"][0] > 0 and sum(stats["hits"][0]) == stats["reached"][0]
+    for d in range(1, D):  # reaching depth d means a candidate at depth d-1 was accepted
+        assert stats["reached"][d] == sum(stats["hits"][d - 1][:K])
+    path = save_accept_stats(stats, tmp_path / "accept_stats.json")
+    tree = calibrate_static_tree(path, budget=12)
+    assert tree.num_nodes == 12
+    out, st = speculative_generate(target, head, [1, 2, 3], 16, budget=12, topk=3, tree=tree)
+    assert out == speculative_generate(target, head, [1, 2, 3], 16, budget=12, topk=3)[0]
