@@ -313,8 +313,8 @@ def test_accept_stats_feed_static_calibration(tmp_path):
     D, K = head.depth, 3
     assert len(stats["accept_rate"]) == D and all(len(r) == K for r in stats["accept_rate"])
     assert stats["reached"][0] > 0 and sum(stats["hits"][0]) == stats["reached"][0]
-    for d in range(1, D):  # reaching depth d means a candidate at depth d-1 was accepted
-        assert stats["reached"][d] == sum(stats["hits"][d - 1][:K])
+    for d in range(1, D):  # reaching depth d needs the depth d-1 token among the top-K (and in the tree)
+        assert stats["reached"][d] <= sum(stats["hits"][d - 1][:K])
     path = save_accept_stats(stats, tmp_path / "accept_stats.json")
     tree = calibrate_static_tree(path, budget=12)
     assert tree.num_nodes == 12
