@@ -32,8 +32,13 @@ LIMIT=${GPU_CHECK_LIMIT_S:-560}
 case " $* " in *" --dry-run "*) LIMIT=${GPU_CHECK_LIMIT_S:-7200} ;; esac
 
 echo "gpu_check.sh: repo $REPO, python $(command -v ${PY%% *} || echo "$PY"), out $OUT"
-# shellcheck disable=SC2086
-timeout -k 15 "$LIMIT" $PY "$REPO/scripts/gpu_check.py" run --out "$OUT" "$@"
+if command -v timeout >/dev/null 2>&1; then
+  # shellcheck disable=SC2086
+  timeout -k 15 "$LIMIT" $PY "$REPO/scripts/gpu_check.py" run --out "$OUT" "$@"
+else
+  # shellcheck disable=SC2086
+  $PY "$REPO/scripts/gpu_check.py" run --out "$OUT" "$@"
+fi
 rc=$?
 if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
   echo "gpu_check.sh: the kit ran past ${LIMIT}s and was stopped; rebuilding the summary from what was recorded" >&2
