@@ -116,7 +116,8 @@ def sweep_spec(manifest: dict, base, head, budget: int):
             note = f"static tree recalibrated from {stats}"
         else:
             spec.static_tree = default_static_tree(head.depth, base.topk, budget).to_json()
-            note = "static tree: default (uncalibrated) topology; the artifact's calibration statistics are not available"
+            note = ("static tree: default (uncalibrated) topology; no calibration statistics found at the "
+                    "artifact's sources.tree_stats")
     spec.validate(head)
     return spec, note
 

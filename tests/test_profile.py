@@ -143,3 +143,22 @@ def test_budget_that_does_not_fit_is_rejected(artifact, tmp_path):
     with pytest.raises(JetSpecError, match="expected comma-separated integers"):
         parse_budgets("8,x")
     assert parse_budgets("64, 8,16,8") == [8, 16, 64]
+
+
+def test_bench_demo_script_on_tiny_artifact(artifact, inductor_cache, capsys):
+    """scripts/bench_demo.py with --artifact / --prompts: bench.json (goals) and bench.md."""
+    import importlib.util
+    from pathlib import Path
+
+    art, prompts, root = artifact
+    spec = importlib.util.spec_from_file_location("bench_demo", Path(__file__).parents[1] / "scripts" / "bench_demo.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = root / "bench"
+    assert bench.main(["--artifact", str(art), "--prompts", str(prompts), "--max-new-tokens", "8", "--reps", "1",
+                       "--out", str(out)]) == 0
+    res = json.loads((out / "bench.json").read_text())
+    assert set(res["goals"]) == {"speedup_vs_ar", "speedup_vs_hf", "host_share"}
+    assert all(isinstance(g["met"], bool) and _finite_pos(g["value"]) for g in res["goals"].values())
+    md = (out / "bench.md").read_text()
+    assert "| speculative (B=8) |" in md and "| HF generate() |" in md and "| goal |" in md
