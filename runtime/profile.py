@@ -8,7 +8,7 @@ medians over repetitions are reported.
 
 Budgets are static in the compiled graphs. The artifact's own budget runs the artifact's graphs. For any
 other budget the budget-dependent graphs (draft, verify) are rebuilt from the artifact's configs and
-weights, captured and compiled with the artifact's backend into ``<out>/sweep/b<B>/`` (cached: keyed by
+weights, captured and compiled with the artifact's backend into ``<out>/sweep/b<B>/`` (or ``--sweep-dir``; cached: keyed by
 the artifact's file hashes + budget, so a re-run does not recompile); the budget-independent prefill and
 ar_step graphs are the artifact's own. Outputs: profile.json, profile.csv, speedup.png, tau.png,
 stages.png.
@@ -61,6 +61,8 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=None, help="use the first N prompts")
     p.add_argument("--reps", type=int, default=3, help="repetitions (medians are reported)")
     p.add_argument("--out", default=None, help="output folder (default runs/profile-<artifact name>/)")
+    p.add_argument("--sweep-dir", default=None,
+                   help="where the sweep's compiled graphs are cached (default OUT/sweep; share it across --out)")
     p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face generate() baseline")
     p.add_argument("--autotune", action="store_true",
                    help="record the budget with the best tokens/s in the artifact's manifest (field autotune)")
@@ -89,6 +91,7 @@ def run_profile(args: argparse.Namespace) -> int:
     result = profile_artifact(args.artifact, prompts, parse_budgets(args.budgets), max_new_tokens=args.max_new_tokens,
                               reps=args.reps, out=out, hf=not args.no_hf, autotune=args.autotune,
                               device=args.device, threads=args.threads, prompts_source=str(args.prompts),
+                              sweep_dir=args.sweep_dir,
                               log=lambda s: print(s, flush=True))
     print(format_table(result))
     print(f"wrote {', '.join(result['outputs'].values())}")
@@ -319,7 +322,7 @@ def _encode_prompts(engine, prompts, max_new_tokens: int, max_budget: int, log) 
 def profile_artifact(artifact: str | Path, prompts: Sequence[str | Sequence[int]], budgets: Sequence[int] | None = None,
                      *, max_new_tokens: int = 128, reps: int = 3, out: str | Path | None = None, hf: bool = True,
                      autotune: bool = False, device: str | None = None, threads: int | None = 1,
-                     prompts_source: str | None = None, plots: bool = True,
+                     prompts_source: str | None = None, plots: bool = True, sweep_dir: str | Path | None = None,
                      log: Callable[[str], None] = print) -> dict:
     """Profile ``artifact`` over ``budgets`` (see the module docstring). Returns the profile.json dict.
 
@@ -367,7 +370,7 @@ def profile_artifact(artifact: str | Path, prompts: Sequence[str | Sequence[int]
     shared = {n: base_dec.graphs[n] for n in ("prefill", "ar_step")}
     decoders: dict[int, Decoder] = {}
     sweep: dict[int, SweepGraphs] = {}
-    sweep_root = out / "sweep"
+    sweep_root = Path(sweep_dir) if sweep_dir is not None else out / "sweep"
     for b in budgets:
         if b == base_budget:
             decoders[b] = base_dec

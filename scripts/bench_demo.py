@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -59,10 +60,12 @@ def ensure_artifact(args) -> Path:
     if art.exists() and not args.force_export:
         try:
             m = read_manifest(art, verify_hashes=True)
-            if m["backend"] == args.backend and m["shapes"]["budget"] == args.budget:
+            stale = _stale(art / m["weights"])
+            if m["backend"] == args.backend and m["shapes"]["budget"] == args.budget and not stale:
                 print(f"reusing {art}", flush=True)
                 return art
-            print(f"{art}: backend {m['backend']} B={m['shapes']['budget']}; re-exporting", flush=True)
+            why = f"{stale} is newer than the artifact" if stale else f"backend {m['backend']} B={m['shapes']['budget']}"
+            print(f"{art}: {why}; re-exporting", flush=True)
         except ArtifactError as e:
             print(f"{art}: {e}; re-exporting", flush=True)
     print(f"exporting the demo to {art} ({args.backend}, B={args.budget}) ...", flush=True)
@@ -75,6 +78,16 @@ def ensure_artifact(args) -> Path:
     return art
 
 
+def _stale(weights: Path) -> Path | None:
+    """A demo model file written after the artifact's weights (the demo was rebuilt), if any."""
+    from jetspec_compile.demo_paths import demo_head_path, demo_target_path
+
+    for f in (demo_target_path() / "model.safetensors", demo_head_path() / "model.safetensors"):
+        if f.stat().st_mtime > weights.stat().st_mtime:
+            return f
+    return None
+
+
 def heldout_prompts(engine, n: int, prompt_tokens: int) -> tuple[list[list[int]], list[str]]:
     """The first ``prompt_tokens`` tokens of the first ``n`` held-out files that are that long."""
     from jetspec_compile.demo_paths import demo_heldout_files
@@ -85,7 +98,10 @@ def heldout_prompts(engine, n: int, prompt_tokens: int) -> tuple[list[list[int]]
         if len(ids) < prompt_tokens:
             continue
         prompts.append(ids[:prompt_tokens])
-        names.append(f.name)
+        try:
+            names.append(f.relative_to(sysconfig.get_paths()["stdlib"]).as_posix())
+        except ValueError:
+            names.append(f.name)
         if len(prompts) >= n:
             break
     if not prompts:
@@ -161,6 +177,11 @@ def main(argv=None) -> int:
     else:
         prompts, names = heldout_prompts(engine, args.num_prompts, args.prompt_tokens)
         source = f"first {args.prompt_tokens} tokens of held-out stdlib files: {', '.join(names)}"
+    out.mkdir(parents=True, exist_ok=True)
+    if names is not None:  # the same prompts as text, for `jetspec-compile profile --prompts`
+        with open(out / "prompts.jsonl", "w") as f:
+            for name, p in zip(names, prompts):
+                f.write(json.dumps({"prompt": engine.decode(p), "source": name}) + "\n")
     del engine
     budgets = sorted({budget} | set(parse_budgets(args.budgets) if args.budgets else []))
     res = profile_artifact(art, prompts, budgets, max_new_tokens=args.max_new_tokens, reps=args.reps,
