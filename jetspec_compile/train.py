@@ -48,6 +48,7 @@ __all__ = [
     "block_student_hidden",
     "block_student_logits",
     "build_head_for_target",
+    "depth_weights",
     "evaluate_head",
     "kd_loss",
     "load_documents",
@@ -347,8 +348,15 @@ class _SeqStats:
     blocks: int  # complete blocks
 
 
+def depth_weights(depth: int, gamma: float = 0.0) -> Tensor:
+    """Loss weight of slots 1..D: uniform for ``gamma == 0`` (JetSpec), else DFlash's exp(-(d-1)/gamma)."""
+    d = torch.arange(depth, dtype=torch.float32)
+    return torch.ones(depth) if not gamma else torch.exp(-d / float(gamma))
+
+
 def _sequence_stats(head, target, seq: TrainSequence, anchors: Tensor, temperature: float,
-                    logits: Tensor, taps: Tensor, autocast_dtype: torch.dtype | None = None) -> _SeqStats:
+                    logits: Tensor, taps: Tensor, autocast_dtype: torch.dtype | None = None,
+                    gamma: float = 0.0) -> _SeqStats:
     D = head.depth
     ids = seq.ids
     T = ids.numel()
@@ -361,6 +369,8 @@ def _sequence_stats(head, target, seq: TrainSequence, anchors: Tensor, temperatu
         student = target.lm_head(h[active].to(target.dtype)).float()  # [rows, V]
     teacher = logits[(pos - 1)[active]].float()
     loss_rows = kd_loss(student, teacher, temperature)
+    if gamma:
+        loss_rows = loss_rows * depth_weights(D, gamma).to(dev)[depth.expand_as(pos)[active] - 1]
     with torch.no_grad():
         hit = student.argmax(-1) == teacher.argmax(-1)
         d_idx = depth.expand_as(pos)[active] - 1
@@ -379,9 +389,9 @@ def _teacher(target: Target, head: DraftHead, ids: Tensor) -> tuple[Tensor, Tens
     return out.logits, out.taps
 
 
-def _active_rows(seq: TrainSequence, anchors: Tensor, depth: int) -> int:
+def _active_weight(seq: TrainSequence, anchors: Tensor, depth: int, gamma: float = 0.0) -> float:
     pos = anchors[:, None] + torch.arange(1, depth + 1)[None, :]
-    return int((pos < seq.ids.numel()).sum())
+    return float(((pos < seq.ids.numel()).float() * depth_weights(depth, gamma)[None, :]).sum())
 
 
 @torch.no_grad()
@@ -511,6 +521,7 @@ def train_head(
     kd_temperature: float = 1.0,
     batch: int = 1,
     seed: int = 0,
+    loss_decay_gamma: float = 0.0,
     weight_decay: float = 0.01,
     warmup: float = 0.04,
     min_lr_ratio: float = 0.1,
@@ -529,6 +540,8 @@ def train_head(
 
     sequences: 1-D token-id tensors, ``(ids, first_anchor)`` tuples or :class:`TrainSequence`s.
     One optimizer step = ``batch`` sequences (the loss is the mean over all their active slots).
+    ``loss_decay_gamma`` = 0 weighs every depth the same (the JetSpec recipe); gamma > 0 weighs depth d
+    by exp(-(d-1)/gamma) (DFlash's decay, the paper's Table 7 ablation), a weighted mean.
     Anchors: up to ``anchors`` distinct positions per sequence; all of them run in one head forward
     (or chunks of ``anchor_chunk`` blocks with gradient accumulation, to bound memory on long sequences).
     LR: linear warm-up over ``warmup`` (fraction of steps, or a step count if >= 1), cosine to
@@ -570,7 +583,8 @@ def train_head(
     order: list[int] = []
     log: dict = {"steps": [], "loss": [], "lr": [], "top1": [], "tau": [], "elapsed": [], "eval": [],
                  "config": {"steps": steps, "lr": lr, "anchors": anchors, "kd_temperature": kd_temperature,
-                            "batch": batch, "seed": seed, "weight_decay": weight_decay, "warmup_steps": warm,
+                            "batch": batch, "seed": seed, "loss_decay_gamma": loss_decay_gamma,
+                            "weight_decay": weight_decay, "warmup_steps": warm,
                             "min_lr_ratio": min_lr_ratio, "grad_clip": grad_clip, "block_size": head.block_size,
                             "autocast_dtype": str(autocast_dtype) if autocast_dtype else None,
                             "causal": head.causal, "head_layers": int(head.config.num_hidden_layers),
@@ -618,7 +632,8 @@ def train_head(
                     picks.append(seqs[order.pop()])
                 plan = [(s, sample_anchors(s.ids.numel(), anchors, g, s.first_anchor).to(target.device))
                         for s in picks]
-                n_rows = sum(_active_rows(s, a.cpu(), D) for s, a in plan)
+                n_rows = sum(int(_active_weight(s, a.cpu(), D)) for s, a in plan)
+                norm = sum(_active_weight(s, a.cpu(), D, loss_decay_gamma) for s, a in plan)
                 opt.zero_grad(set_to_none=True)
                 step_loss = 0.0
                 for s, a in plan:
@@ -626,9 +641,9 @@ def train_head(
                     chunk = anchor_chunk or max(1, a.numel())
                     for c in range(0, a.numel(), chunk):
                         st = _sequence_stats(head, target, s, a[c:c + chunk], kd_temperature, logits, taps,
-                                             autocast_dtype)
-                        (st.loss_sum / n_rows).backward()
-                        step_loss += st.loss_sum.item() / n_rows
+                                             autocast_dtype, loss_decay_gamma)
+                        (st.loss_sum / norm).backward()
+                        step_loss += st.loss_sum.item() / norm
                         win_agree += st.agree
                         win_count += st.count
                         win_lead += st.lead
@@ -741,6 +756,8 @@ def register_cli(subparsers) -> None:
     p.add_argument("--anchors", type=int, default=512, help="anchor blocks per sequence (at most)")
     p.add_argument("--depth", type=int, default=15, help="drafted depths D (block size D+1)")
     p.add_argument("--kd-temperature", type=float, default=1.0)
+    p.add_argument("--loss-decay-gamma", type=float, default=0.0,
+                   help="0: uniform depth weights (JetSpec); >0: weight exp(-(d-1)/gamma) (DFlash)")
     p.add_argument("--batch", type=int, default=1, help="sequences per optimizer step")
     p.add_argument("--seq-len", type=int, default=512, help="training sequence length in tokens")
     p.add_argument("--regenerate", action="store_true",
@@ -855,7 +872,8 @@ def _cmd_train_head(args) -> int:
                                  num_taps=args.taps, tap_layers=args.tap_layers, causal=not args.bidirectional,
                                  seed=args.seed)
     log = train_head(target, head, train_seqs, steps=args.steps, lr=args.lr, anchors=args.anchors,
-                     kd_temperature=args.kd_temperature, batch=args.batch, seed=args.seed, out=out,
+                     kd_temperature=args.kd_temperature, batch=args.batch, seed=args.seed,
+                     loss_decay_gamma=args.loss_decay_gamma, out=out,
                      save_every=args.save_every, eval_sequences=eval_seqs or None,
                      eval_every=args.eval_every if eval_seqs else None, max_minutes=args.max_minutes,
                      progress=not args.no_progress)

@@ -91,6 +91,13 @@ def test_kd_loss_is_scaled_forward_kl():
     assert kd_loss(t, t).abs().max() < 1e-6
 
 
+def test_depth_weights():
+    from jetspec_compile.train import depth_weights
+
+    assert torch.equal(depth_weights(4), torch.ones(4))  # JetSpec: uniform
+    torch.testing.assert_close(depth_weights(3, 2.0), torch.exp(-torch.tensor([0.0, 0.5, 1.0])))
+
+
 def test_sample_anchors_bounds():
     g = torch.Generator().manual_seed(0)
     a = sample_anchors(100, 512, g)
