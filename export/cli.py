@@ -45,9 +45,9 @@ def run_export(args: argparse.Namespace) -> int:
     from jetspec_compile.graphs import SpecConfig
     from jetspec_compile.tree import calibrate_static_tree
 
-    from .pipeline import export_model
+    from .pipeline import export_model, get_backend
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    get_backend(args.backend).check_available(args.device)  # before loading any weights
     if (args.target is None) != (args.head is None):
         raise JetSpecError("pass both --target and --head, or neither (the bundled demo)")
     stats = args.tree_stats
