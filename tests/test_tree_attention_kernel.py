@@ -113,7 +113,9 @@ def test_opcheck_cpu(case_id):
     torch.library.opcheck(torch.ops.jetspec.tree_attention.default, args)
     out = torch.ops.jetspec.tree_attention(*args)
     assert out.is_contiguous() and out.shape == (case["T"], case["hkv"] * case["g"], case["hd"])
-    torch.testing.assert_close(out, tree_attention_reference(*args), rtol=0, atol=0)
+    # the CPU kernel is torch's fused SDPA: equal to the plain reference up to float rounding
+    tol = 1e-5 if out.dtype == torch.float32 else 2e-3
+    torch.testing.assert_close(out, tree_attention_reference(*args), rtol=tol, atol=tol)
 
 
 # --------------------------------------------------------------------------------------------------
