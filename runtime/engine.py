@@ -6,7 +6,6 @@ same loop for every backend and for the eager oracle), stop tokens / strings and
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence

@@ -328,7 +328,7 @@ def profile_artifact(artifact: str | Path, prompts: Sequence[str | Sequence[int]
 
     ``prompts``: text (needs the artifact's tokenizer) or token-id lists."""
     from jetspec_compile.decode import Decoder, Stats
-    from jetspec_compile.export.artifact import read_manifest, update_manifest
+    from jetspec_compile.export.artifact import update_manifest
     from jetspec_compile.safetensors_io import load_safetensors
 
     from .engine import eager_models, load

@@ -67,7 +67,7 @@ def main() -> None:
         row = {"budget": B}
         static = calibrate_static_tree(stats["accept_rate"], B, depth=head.depth, topk=args.topk)
         for name, tree in (("dynamic", "dynamic"), ("static", static)):
-            acc, rounds, toks, lossless = [], 0, 0, True
+            acc, rounds, toks = [], 0, 0
             t1 = time.time()
             for ids in evalp:
                 out, st = speculative_generate(target, head, ids, args.max_new_tokens, budget=B, topk=args.topk,

@@ -6,7 +6,7 @@ import heapq
 
 import torch
 
-from jetspec_compile.tree import Tree, build_tree
+from jetspec_compile.tree import Tree
 
 
 def heap_tree(root, topk_tokens, topk_logprobs, budget):

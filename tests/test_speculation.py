@@ -9,7 +9,7 @@ from helpers import OracleDraft, heap_tree, walk_accept
 from jetspec_compile.accept import accept, filter_logits, sample_tokens
 from jetspec_compile.attention import CacheAttention, causal_mask
 from jetspec_compile.graphs import SpecConfig, build_graphs
-from jetspec_compile.speculative import (autoregressive_generate, cache_dims, eager_decoder,
+from jetspec_compile.speculative import (autoregressive_generate, eager_decoder,
                                          speculative_generate)
 from jetspec_compile.tiny import tiny_head, tiny_target
 from jetspec_compile.tree import (build_tree, calibrate_static_tree, default_static_tree,
@@ -236,7 +236,6 @@ def test_sampling_is_lossless():
     prompt = [3, 1, 4]
     T, top_p = 0.9, 0.95
     with torch.no_grad():  # exact joint distribution of (t1, t2) under the filtered target
-        one = torch.tensor([1.0])
         p1, o1 = filter_logits(target(torch.tensor(prompt)).logits[-1:], torch.tensor([T]), torch.tensor([0]),
                                torch.tensor([top_p]))
         dist1 = torch.zeros(V).scatter(0, o1[0], p1[0])
