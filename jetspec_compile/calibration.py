@@ -1,9 +1,13 @@
 """Per-(depth, rank) acceptance statistics of a head on a target, for static-tree calibration.
 
-Greedy speculative decoding is run with the dynamic tree; in every round, for each depth the accepted
-path reached, we record which rank of that depth's top-K holds the token the target actually committed
-there (or "none"). ``accept_rate[d][r]`` = P(the committed token at depth d+1 is the rank-r candidate |
-the path reached depth d), which :func:`jetspec_compile.tree.calibrate_static_tree` reads.
+Greedy speculative decoding is run (dynamic tree) and every round's per-depth top-K is kept. Once the
+target's greedy output is known, each round is scored against it independently of the tree that ran:
+walking depths d = 1, 2, ... from the round's anchor, we record which rank of depth d's top-K holds the
+target's token there (or "none"), and stop after the first "none" (a tree holding every top-K candidate
+would have lost the path there) or at the end of the output. Hence ``accept_rate[d][r]`` = P(the
+target's token at depth d+1 is the rank-r candidate | the target's tokens at depths 1..d were all in
+their top-K), measured at every depth, also at depths the budget's dynamic tree never reaches.
+:func:`jetspec_compile.tree.calibrate_static_tree` reads it.
 """
 
 from __future__ import annotations
@@ -41,15 +45,22 @@ def collect_accept_stats(target: Target, head: DraftHead, prompts: Sequence[Sequ
 
         module.make_tree = make_tree
         st = Stats()
+        out: list[int] = []
+        starts: list[int] = []  # per round: offset in ``out`` of the first token it drafted
         try:
             for committed in dec.speculative(list(ids), max_new_tokens, eos_token_ids=eos_token_ids, stats=st):
-                top = seen[-1]
-                for d in range(min(len(committed), D)):
-                    reached[d] += 1
-                    row = top[d].tolist()
-                    hits[d][row.index(committed[d]) if committed[d] in row else K] += 1
+                starts.append(len(out))
+                out.extend(committed)
         finally:
             module.make_tree = orig
+        for top, o in zip(seen, starts):
+            for d in range(min(D, len(out) - o)):
+                reached[d] += 1
+                row = top[d].tolist()
+                r = row.index(out[o + d]) if out[o + d] in row else K
+                hits[d][r] += 1
+                if r == K:
+                    break
         taus.append(st.tau)
     rate = [[hits[d][r] / reached[d] if reached[d] else 0.0 for r in range(K)] for d in range(D)]
     return {

@@ -48,6 +48,7 @@ __all__ = [
     "block_student_hidden",
     "block_student_logits",
     "build_head_for_target",
+    "chain_walk_tau",
     "depth_weights",
     "evaluate_head",
     "kd_loss",
@@ -58,6 +59,7 @@ __all__ = [
     "regenerate",
     "sample_anchors",
     "train_head",
+    "warm_start_head",
 ]
 
 MASK_TOKEN = "<|mask|>"
@@ -259,7 +261,8 @@ def regenerate(
     Each prompt (1-D ids) is continued greedily for ``max_new_tokens`` tokens, or up to ``total_len``
     tokens in all (stopping after EOS), with
     Hugging Face ``generate(do_sample=False)``; prompts of equal length are batched (no padding). The
-    result's anchors start at the first generated token (``first_anchor = len(prompt)``).
+    result's anchors start at the last prompt token (``first_anchor = len(prompt) - 1``): that is the anchor
+    of the first decoding round, whose block drafts the first generated tokens.
     """
     if (max_new_tokens is None) == (total_len is None):
         raise JetSpecError("regenerate: pass exactly one of max_new_tokens and total_len")
@@ -284,7 +287,7 @@ def regenerate(
                 new = row[n:].tolist()
                 if eos_token_id is not None and eos_token_id in new:
                     new = new[: new.index(eos_token_id) + 1]
-                out[i] = TrainSequence(torch.cat([row[:n].cpu(), torch.tensor(new, dtype=torch.long)]), n)
+                out[i] = TrainSequence(torch.cat([row[:n].cpu(), torch.tensor(new, dtype=torch.long)]), n - 1)
             bar.advance(len(idx))
     return [s for s in out if s is not None]
 
@@ -336,6 +339,33 @@ def build_head_for_target(
     return head.to(device=target.device, dtype=torch.float32)
 
 
+def warm_start_head(
+    target: Target,
+    init: str | Path,
+    *,
+    tap_layers: Sequence[int] | None = None,
+) -> DraftHead:
+    """Load the head at ``init`` to continue training it (fp32, on the target's device).
+
+    ``tap_layers`` re-points the fusion layer at other target layers (same count: the fc weight is kept and
+    retrained). Raises JetSpecError naming the folder when the head cannot draft for ``target``.
+    """
+    from .head import load_draft_head
+
+    head = load_draft_head(init, dtype=torch.float32, device=target.device)
+    if tap_layers is not None and list(tap_layers) != head.target_layer_ids:
+        layers = [int(x) for x in tap_layers]
+        if len(layers) != len(head.target_layer_ids):
+            raise JetSpecError(f"{init}: the head fuses {len(head.target_layer_ids)} tapped layers "
+                               f"{head.target_layer_ids}; --tap-layers must name {len(head.target_layer_ids)} "
+                               f"layers to warm-start from it, got {layers}")
+        target.check_tap_layers(layers, who="tap_layers")
+        head.target_layer_ids[:] = layers
+        head.config.dflash_config["target_layer_ids"] = list(layers)
+    head.check_compatible(target, source=str(init))
+    return head
+
+
 # ---- one sequence: loss and agreement ----------------------------------------------------------------
 
 @dataclass
@@ -346,6 +376,7 @@ class _SeqStats:
     count: Tensor  # [D] active slots
     lead: int  # sum over complete blocks of the leading agreeing depths
     blocks: int  # complete blocks
+    lead_rows: Tensor  # [nb] leading agreeing depths of every block (a partial block stops at the sequence end)
 
 
 def depth_weights(depth: int, gamma: float = 0.0) -> Tensor:
@@ -379,8 +410,10 @@ def _sequence_stats(head, target, seq: TrainSequence, anchors: Tensor, temperatu
         full = active.all(dim=1)
         grid = torch.zeros_like(active)
         grid[active] = hit
-        lead = int(grid[full].int().cumprod(dim=1).sum()) if bool(full.any()) else 0
-    return _SeqStats(loss_rows.sum(), int(active.sum()), agree.cpu(), count.cpu(), lead, int(full.sum()))
+        lead_rows = grid.int().cumprod(dim=1).sum(dim=1)
+        lead = int(lead_rows[full].sum())
+    return _SeqStats(loss_rows.sum(), int(active.sum()), agree.cpu(), count.cpu(), lead, int(full.sum()),
+                     lead_rows.cpu())
 
 
 def _teacher(target: Target, head: DraftHead, ids: Tensor) -> tuple[Tensor, Tensor]:
@@ -394,6 +427,23 @@ def _active_weight(seq: TrainSequence, anchors: Tensor, depth: int, gamma: float
     return float(((pos < seq.ids.numel()).float() * depth_weights(depth, gamma)[None, :]).sum())
 
 
+def chain_walk_tau(lead: Sequence[int]) -> tuple[int, int]:
+    """(rounds, committed tokens) of greedy chain decoding over a target-greedy sequence.
+
+    ``lead[i]`` = leading drafted depths that match the sequence for the block anchored i positions after
+    the first anchor. Decoding commits 1 + lead tokens per round and re-anchors at the last one, so it
+    visits only some anchors: long accepted runs count once per round, not once per position. The last
+    round's tokens are cut at the sequence end (as ``max_new_tokens`` cuts decoding).
+    """
+    i = rounds = tokens = 0
+    while i < len(lead):
+        step = 1 + int(lead[i])
+        rounds += 1
+        tokens += min(step, len(lead) - i)
+        i += step
+    return rounds, tokens
+
+
 @torch.no_grad()
 def evaluate_head(
     target: Target,
@@ -402,37 +452,47 @@ def evaluate_head(
     *,
     anchors: int = 512,
     kd_temperature: float = 1.0,
-    seed: int = 1234,
 ) -> dict:
-    """KD loss, per-depth top-1 agreement and a greedy chain tau estimate on ``sequences`` (fixed anchors).
+    """KD loss, per-depth top-1 agreement and greedy chain tau on ``sequences`` (every anchor position).
 
-    ``tau`` = 1 + the mean number of leading depths of a block whose student argmax equals the teacher
-    argmax (on target-greedy data that is the accepted length of a chain draft, bonus token included).
+    Every position from a sequence's ``first_anchor`` on is an anchor (``anchors`` blocks per head forward).
+    ``tau`` = committed tokens per round of greedy *chain* decoding (budget D+1, top-1 per depth) over
+    the sequence, bonus token included: on target-greedy data this equals what
+    ``speculative_generate(..., budget=D+1, topk=1)`` measures from the same prompt.
+    ``tau_per_anchor`` = 1 + the mean leading agreement over all complete blocks: an upper-biased
+    statistic (a long accepted run counts once per position inside it), kept for comparison.
     """
     was_training = head.training
     head.eval()
-    g = torch.Generator().manual_seed(seed)
-    tot, rows, lead, blocks = 0.0, 0, 0, 0
+    tot, rows, lead, blocks, rounds, committed = 0.0, 0, 0, 0, 0, 0
     agree = torch.zeros(head.depth)
     count = torch.zeros(head.depth)
+    chunk = max(1, int(anchors))
     for s in sequences:
         seq = _as_sequence(s)
         seq = TrainSequence(seq.ids.to(target.device), seq.first_anchor)
-        a = sample_anchors(seq.ids.numel(), anchors, g, seq.first_anchor).to(target.device)
-        if a.numel() == 0:
+        n = seq.ids.numel()
+        all_a = torch.arange(max(0, seq.first_anchor), n - 1, device=target.device)
+        if all_a.numel() == 0:
             continue
         logits, taps = _teacher(target, head, seq.ids)
-        st = _sequence_stats(head, target, seq, a, kd_temperature, logits, taps)
-        tot += st.loss_sum.item()
-        rows += st.rows
-        agree += st.agree
-        count += st.count
-        lead += st.lead
-        blocks += st.blocks
+        leads = []
+        for c in range(0, all_a.numel(), chunk):
+            st = _sequence_stats(head, target, seq, all_a[c:c + chunk], kd_temperature, logits, taps)
+            tot += st.loss_sum.item()
+            rows += st.rows
+            agree += st.agree
+            count += st.count
+            lead += st.lead
+            blocks += st.blocks
+            leads += st.lead_rows.tolist()
+        r, t = chain_walk_tau(leads)
+        rounds += r
+        committed += t
     head.train(was_training)
     top1 = (agree / count.clamp_min(1)).tolist()
-    return {"loss": tot / max(rows, 1), "top1": top1, "tau": 1 + lead / max(blocks, 1), "rows": rows,
-            "blocks": blocks}
+    return {"loss": tot / max(rows, 1), "top1": top1, "tau": committed / max(rounds, 1),
+            "tau_per_anchor": 1 + lead / max(blocks, 1), "rows": rows, "blocks": blocks, "rounds": rounds}
 
 
 # ---- the training loop -------------------------------------------------------------------------------
@@ -581,7 +641,7 @@ def train_head(
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
     warm = int(warmup) if warmup >= 1 else max(1, int(round(warmup * steps)))
     order: list[int] = []
-    log: dict = {"steps": [], "loss": [], "lr": [], "top1": [], "tau": [], "elapsed": [], "eval": [],
+    log: dict = {"steps": [], "loss": [], "lr": [], "top1": [], "tau_per_anchor": [], "elapsed": [], "eval": [],
                  "config": {"steps": steps, "lr": lr, "anchors": anchors, "kd_temperature": kd_temperature,
                             "batch": batch, "seed": seed, "loss_decay_gamma": loss_decay_gamma,
                             "weight_decay": weight_decay, "warmup_steps": warm,
@@ -659,11 +719,11 @@ def train_head(
                     log["loss"].append(step_loss)
                     log["lr"].append(cur_lr)
                     log["top1"].append(top1)
-                    log["tau"].append(tau)
+                    log["tau_per_anchor"].append(tau)
                     log["elapsed"].append(time.time() - t0)
                     win_agree, win_count = torch.zeros(D), torch.zeros(D)
                     win_lead = win_blocks = 0
-                bar.advance(1, info=f"loss {step_loss:.3f} tau~{tau:.2f} top1% d1..{D}: {_fmt_top1(top1)}")
+                bar.advance(1, info=f"loss {step_loss:.3f} tau/anchor~{tau:.2f} top1% d1..{D}: {_fmt_top1(top1)}")
                 done = step + 1
                 if eval_sequences and eval_every and done % eval_every == 0 and done < steps:
                     do_eval(done)
@@ -726,7 +786,7 @@ def plot_training(log: dict, path: str | Path) -> Path:
     a2.set_ylim(0, 1)
     title = "per-depth top-1 agreement"
     if log.get("eval"):
-        title += f" (final held-out tau~{log['eval'][-1]['tau']:.2f})"
+        title += f" (final held-out chain tau {log['eval'][-1]['tau']:.2f})"
     a2.set_title(title)
     a2.grid(alpha=0.3)
     a2.legend(fontsize=8)
@@ -769,6 +829,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--taps", type=int, default=5, help="number of tapped target layers (reference rule)")
     p.add_argument("--tap-layers", type=int, nargs="+", default=None, help="explicit tapped target layers")
     p.add_argument("--bidirectional", action="store_true", help="a DFlash-style head (no causal block mask)")
+    p.add_argument("--init", default=None,
+                   help="continue training this head folder (its layers, depth and mask token are kept; "
+                        "--tap-layers may re-point its taps)")
     p.add_argument("--mask-token-id", type=int, default=None,
                    help=f"mask token id when the tokenizer has no {MASK_TOKEN} token")
     p.add_argument("--max-sequences", type=int, default=None, help="use at most this many sequences")
@@ -868,9 +931,12 @@ def _cmd_train_head(args) -> int:
     eval_seqs, train_seqs = pool[:n_eval], pool[n_eval:]
     if not train_seqs:
         raise JetSpecError("--eval-fraction leaves no training sequence")
-    head = build_head_for_target(target, mask_token_id=mask_id, num_layers=args.layers, block_size=args.depth + 1,
-                                 num_taps=args.taps, tap_layers=args.tap_layers, causal=not args.bidirectional,
-                                 seed=args.seed)
+    if args.init:
+        head = warm_start_head(target, args.init, tap_layers=args.tap_layers)
+    else:
+        head = build_head_for_target(target, mask_token_id=mask_id, num_layers=args.layers,
+                                     block_size=args.depth + 1, num_taps=args.taps, tap_layers=args.tap_layers,
+                                     causal=not args.bidirectional, seed=args.seed)
     log = train_head(target, head, train_seqs, steps=args.steps, lr=args.lr, anchors=args.anchors,
                      kd_temperature=args.kd_temperature, batch=args.batch, seed=args.seed,
                      loss_decay_gamma=args.loss_decay_gamma, out=out,

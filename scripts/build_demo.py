@@ -336,7 +336,7 @@ def cmd_plot_target(args) -> None:
 # ---- stage: head -------------------------------------------------------------------------------------
 
 def cmd_head(args) -> None:
-    from jetspec_compile.train import build_head_for_target, evaluate_head, regenerate, train_head
+    from jetspec_compile.train import build_head_for_target, evaluate_head, regenerate, train_head, warm_start_head
     from jetspec_compile.target import load_target
 
     torch.set_num_threads(args.threads)
@@ -356,12 +356,17 @@ def cmd_head(args) -> None:
 
     t0 = time.time()
     train_seqs = windows(train_files(), args.sequences)
+    if args.file_starts:  # prompts a user gives most: the start of a file (docstring, imports)
+        encs = tok.encode_batch([read_text(f) for f in train_files()])
+        starts = [torch.tensor(e.ids[:L], dtype=torch.long) for e in encs if len(e.ids) > args.prompt_len]
+        train_seqs = (starts + train_seqs)[:args.sequences]
     eval_seqs = windows(heldout_files(), args.eval_sequences)
     print(f"{len(train_seqs)} train / {len(eval_seqs)} held-out windows of {L} tokens "
           f"({time.time() - t0:.1f}s)", flush=True)
     info = {"regenerate": bool(args.regenerate)}
     if args.regenerate:
-        cache = RUNS / f"regen_{len(train_seqs)}_{len(eval_seqs)}_{L}_{args.prompt_len}_{args.seed}.npz"
+        tag = "_fs" if args.file_starts else ""
+        cache = RUNS / f"regen_{len(train_seqs)}_{len(eval_seqs)}_{L}_{args.prompt_len}_{args.seed}{tag}.npz"
         t0 = time.time()
         if cache.is_file():  # the target's greedy continuations are deterministic: reuse them
             train_seqs, eval_seqs = load_regen(cache)
@@ -373,15 +378,20 @@ def cmd_head(args) -> None:
                                    eos_token_id=eos, batch=args.regen_batch, progress=True)
             save_regen(cache, train_seqs, eval_seqs)
         info["regenerate_seconds"] = time.time() - t0
-        info["regenerated_tokens"] = sum(s.ids.numel() - s.first_anchor for s in train_seqs + eval_seqs)
+        info["regenerated_tokens"] = sum(s.ids.numel() - args.prompt_len for s in train_seqs + eval_seqs)
         print(f"regenerated {len(train_seqs) + len(eval_seqs)} continuations in {info['regenerate_seconds']:.0f}s",
               flush=True)
-    head = build_head_for_target(target, num_layers=args.layers, block_size=args.depth + 1,
-                                 mask_token_id=tok.token_to_id(MASK), num_taps=args.taps, seed=args.seed)
+    if args.init:
+        head = warm_start_head(target, args.init, tap_layers=args.tap_layers)
+        info["init"] = str(args.init)
+    else:
+        head = build_head_for_target(target, num_layers=args.layers, block_size=args.depth + 1,
+                                     mask_token_id=tok.token_to_id(MASK), num_taps=args.taps,
+                                     tap_layers=args.tap_layers, seed=args.seed)
     raw_eval = windows(heldout_files(), args.eval_sequences)  # natural held-out text, not regenerated
     t0 = time.time()
     result = train_head(target, head, train_seqs, steps=args.steps, lr=args.lr, anchors=args.anchors,
-                        kd_temperature=1.0, batch=args.batch, seed=args.seed, out=out_dir,
+                        kd_temperature=1.0, batch=args.batch, seed=args.seed, out=out_dir, warmup=args.warmup,
                         eval_sequences=eval_seqs, eval_every=args.eval_every, max_minutes=args.max_minutes,
                         autocast_dtype=torch.bfloat16 if args.bf16 else None, progress=True, log_every=5)
     info["train_seconds"] = time.time() - t0
@@ -439,6 +449,11 @@ def main() -> None:
     h.add_argument("--layers", type=int, default=1)
     h.add_argument("--depth", type=int, default=15)
     h.add_argument("--taps", type=int, default=5)
+    h.add_argument("--tap-layers", type=int, nargs="+", default=None, help="explicit tapped target layers")
+    h.add_argument("--init", default=None, help="continue training this head folder")
+    h.add_argument("--file-starts", action="store_true",
+                   help="also prompt with the first --prompt-len tokens of every training file")
+    h.add_argument("--warmup", type=float, default=0.04, help="warm-up steps (fraction of --steps if < 1)")
     h.add_argument("--seq-len", type=int, default=256)
     h.add_argument("--sequences", type=int, default=4000)
     h.add_argument("--eval-sequences", type=int, default=24)

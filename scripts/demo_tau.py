@@ -35,7 +35,9 @@ def prompts_from(files, tokenizer, n_tokens: int, per_file: int) -> list[list[in
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--budgets", default="8,16,32,64,128")
-    ap.add_argument("--topk", type=int, default=7)
+    ap.add_argument("--topk", type=int, default=7, help="K of the dynamic tree (the paper's 7) and of the statistics")
+    ap.add_argument("--extra-topks", default="1,2,4",
+                    help="also measure the dynamic tree with these K (a K=7 tree of B=16 nodes is at most 3 deep)")
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--per-file", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=128)
@@ -66,11 +68,14 @@ def main() -> None:
     for B in [int(b) for b in args.budgets.split(",")]:
         row = {"budget": B}
         static = calibrate_static_tree(stats["accept_rate"], B, depth=head.depth, topk=args.topk)
-        for name, tree in (("dynamic", "dynamic"), ("static", static)):
+        extra = [int(k) for k in args.extra_topks.split(",") if k.strip()]
+        runs = [("dynamic", "dynamic", args.topk), ("static", static, args.topk)]
+        runs += [(f"dynamic_k{k}", "dynamic", k) for k in extra if k != args.topk]
+        for name, tree, K in runs:
             acc, rounds, toks = [], 0, 0
             t1 = time.time()
             for ids in evalp:
-                out, st = speculative_generate(target, head, ids, args.max_new_tokens, budget=B, topk=args.topk,
+                out, st = speculative_generate(target, head, ids, args.max_new_tokens, budget=B, topk=K,
                                                tree=tree, eos_token_id=eos)
                 acc += st.accepted
                 rounds += st.rounds
@@ -79,7 +84,7 @@ def main() -> None:
             row[f"rounds_{name}"] = rounds
             row[f"seconds_{name}"] = round(time.time() - t1, 1)
         rows.append(row)
-        print(f"B={B:4d}  tau dynamic {row['tau_dynamic']:.2f}  static {row['tau_static']:.2f}", flush=True)
+        print(f"B={B:4d}  " + "  ".join(f"{k[4:]} {v:.2f}" for k, v in row.items() if k.startswith("tau_")), flush=True)
     # losslessness on the evaluation prompts at one budget (greedy speculative == greedy target)
     mismatches = 0
     for ids in evalp[:4]:
@@ -97,9 +102,10 @@ def main() -> None:
               "command": "python scripts/demo_tau.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print("| B | tau dynamic | tau static (calibrated) |\n|---|---|---|")
+    cols = [k for k in rows[0] if k.startswith("tau_")]
+    print("| B | " + " | ".join(c[4:] for c in cols) + " |\n" + "|---" * (len(cols) + 1) + "|")
     for r in rows:
-        print(f"| {r['budget']} | {r['tau_dynamic']:.2f} | {r['tau_static']:.2f} |")
+        print(f"| {r['budget']} | " + " | ".join(f"{r[c]:.2f}" for c in cols) + " |")
     print(f"lossless check: {mismatches} mismatches in {result['lossless_checked']} prompts -> {args.out}")
 
 

@@ -314,6 +314,25 @@ def test_accept_stats_feed_static_calibration(tmp_path):
     assert stats["reached"][0] > 0 and sum(stats["hits"][0]) == stats["reached"][0]
     for d in range(1, D):  # reaching depth d needs the depth d-1 token among the top-K (and in the tree)
         assert stats["reached"][d] <= sum(stats["hits"][d - 1][:K])
+    # brute force: re-draft every round from the final greedy output and walk its depths
+    reached, hits = [0] * D, [[0] * (K + 1) for _ in range(D)]
+    for p in ([1, 2, 3], [4, 5], [6]):
+        out, st = speculative_generate(target, head, p, 16, budget=16, topk=3)
+        o = 0
+        for a in st.accepted:
+            with torch.no_grad():
+                top = head.draft_logits(target, torch.tensor(p + out[:o])).topk(K, dim=-1).indices.tolist()
+            for d in range(min(D, len(out) - o)):
+                reached[d] += 1
+                r = top[d].index(out[o + d]) if out[o + d] in top[d] else K
+                hits[d][r] += 1
+                if r == K:
+                    break
+            o += a
+    assert stats["reached"] == reached and stats["hits"] == hits
+    # the statistics do not depend on the tree that ran: a budget-4 tree (depth <= 1) measures the same
+    small = collect_accept_stats(target, head, [[1, 2, 3], [4, 5], [6]], 16, budget=4, topk=3)
+    assert small["reached"][2] > 0
     path = save_accept_stats(stats, tmp_path / "accept_stats.json")
     tree = calibrate_static_tree(path, budget=12)
     assert tree.num_nodes == 12

@@ -12,6 +12,7 @@ from jetspec_compile.train import (
     BlockTrainingAttention,
     block_student_logits,
     build_head_for_target,
+    chain_walk_tau,
     evaluate_head,
     kd_loss,
     load_documents,
@@ -20,6 +21,7 @@ from jetspec_compile.train import (
     regenerate,
     sample_anchors,
     train_head,
+    warm_start_head,
 )
 
 
@@ -147,6 +149,33 @@ def test_train_smoke_loss_decreases_and_checkpoint_drafts(tmp_path):
     assert all(p.requires_grad for p in target.parameters())  # the target's flags are restored
 
 
+def test_chain_walk_visits_only_the_anchors_decoding_visits():
+    # anchor 0 commits 3 (2 drafted + bonus), then re-anchors at 3: 6 committed, the third round at 9 is cut
+    # at the sequence end (1 of its 2 tokens)
+    assert chain_walk_tau([2, 0, 0, 5, 0, 0, 0, 0, 0, 1]) == (3, 10)
+    assert chain_walk_tau([0, 0, 0]) == (3, 3)
+    assert chain_walk_tau([]) == (0, 0)
+
+
+def test_warm_start_continues_a_saved_head(tmp_path):
+    target = tiny_target(num_layers=6, num_taps=3)
+    head = build_head_for_target(target, mask_token_id=127, num_layers=1, block_size=6, num_taps=3, seed=0)
+    head.save(tmp_path / "h0")
+    ws = warm_start_head(target, tmp_path / "h0")
+    assert ws.target_layer_ids == head.target_layer_ids
+    assert all(torch.equal(a, b) for a, b in zip(ws.state_dict().values(), head.state_dict().values()))
+    moved = warm_start_head(target, tmp_path / "h0", tap_layers=[1, 3, 5])
+    assert moved.target_layer_ids == [1, 3, 5] and torch.equal(moved.fc.weight, head.fc.weight)
+    moved.save(tmp_path / "h1")
+    assert load_draft_head(tmp_path / "h1").target_layer_ids == [1, 3, 5]
+    with pytest.raises(JetSpecError, match="must name 3 layers"):
+        warm_start_head(target, tmp_path / "h0", tap_layers=[1, 2])
+    seqs = [torch.randint(0, 120, (30,)) for _ in range(2)]
+    before = moved.fc.weight.clone()
+    train_head(target, moved, seqs, steps=2, lr=1e-3, anchors=4, progress=False)
+    assert not torch.equal(before, moved.fc.weight)
+
+
 def test_anchor_chunks_give_the_same_gradient():
     """Splitting a sequence's anchors into chunks (anchor_chunk) sums to the one-forward loss and gradient."""
     from jetspec_compile.train import TrainSequence, _sequence_stats
@@ -176,7 +205,7 @@ def test_regenerate_is_greedy_target_output():
     target = tiny_target(num_layers=4)
     prompts = [torch.randint(0, 127, (5,)) for _ in range(3)] + [torch.randint(0, 127, (7,))]
     out = regenerate(target, prompts, total_len=16, batch=2, progress=False)
-    assert [s.first_anchor for s in out] == [5, 5, 5, 7]
+    assert [s.first_anchor for s in out] == [4, 4, 4, 6]  # the last prompt token: the first round's anchor
     ids = prompts[3]
     for _ in range(9):  # plain greedy decoding with full forwards
         with torch.no_grad():
@@ -308,6 +337,29 @@ def test_demo_target_and_head_load_and_agree():
     with torch.no_grad():
         drafts = head.draft_logits(target, ids[:100])
     assert drafts.shape == (15, target.vocab_size) and torch.isfinite(drafts).all()
+
+
+def test_evaluate_head_tau_is_the_chain_decoding_tau():
+    """evaluate_head's tau over a target-greedy sequence == tau of greedy chain speculative decoding
+    (budget D+1, top-1 per depth) from the same prompt: same rounds, same committed tokens."""
+    from tokenizers import Tokenizer
+
+    from jetspec_compile import speculative_generate
+    from jetspec_compile.demo_paths import demo_heldout_files
+    from jetspec_compile.train import TrainSequence
+
+    tpath, hpath = _demo_or_skip()
+    torch.set_num_threads(1)
+    head = load_draft_head(hpath)
+    target = load_target(tpath, tap_layers=head.target_layer_ids)
+    tok = Tokenizer.from_file(str(tpath / "tokenizer.json"))
+    prompt = tok.encode(demo_heldout_files()[1].read_text()).ids[:96]
+    out, st = speculative_generate(target, head, prompt, 80, budget=head.depth + 1, topk=1)
+    assert len(out) == 80 and st.finish_reason == "length"
+    ev = evaluate_head(target, head, [TrainSequence(torch.tensor(prompt + out), len(prompt) - 1)], anchors=32)
+    assert ev["rounds"] == st.rounds and ev["tau"] == pytest.approx(st.new_tokens / st.rounds)
+    assert st.rounds < 80  # something was accepted: the check is not the trivial tau = 1
+    assert ev["tau_per_anchor"] >= 1.0
 
 
 def test_demo_tokenizer_round_trips():
