@@ -123,8 +123,8 @@ def run(args) -> dict:
             row = dict(B=B, committed=n, keys=n + B)
             flops = 4.0 * hq * B * (n + B) * hd
 
-            def triton_call():
-                return tree_op(q, k, v, kc, vc, cl, mask, scale)
+            def triton_call(args=(q, k, v, kc, vc, cl, mask, scale)):
+                return tree_op(*args)
 
             out = triton_call()
             row["triton_max_abs_err"] = (out.float() - ref).abs().max().item()
