@@ -9,6 +9,8 @@ Stages (each writes into jetspec_compile/demo/, logs and scratch files go to run
   python scripts/build_demo.py target --bench-seconds 60     # measure training throughput only
   python scripts/build_demo.py target --steps N              # train the target (one thread)
   python scripts/build_demo.py head --steps N [--regenerate] # train a JetSpec head with train_head
+  python scripts/build_demo.py head --init DIR ...           # continue a head (a further stage)
+  python scripts/build_demo.py head-curves --logs A B C --out PNG   # one figure for the stages
 
 Everything runs on one CPU thread (``torch.set_num_threads(1)``) with fixed seeds.
 """
@@ -405,6 +407,43 @@ def cmd_head(args) -> None:
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}, indent=1, default=str))
 
 
+def cmd_head_curves(args) -> None:
+    """One figure for a head trained in stages (--init chains): loss and held-out top-1 on one step axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logs = [json.loads(Path(f).read_text()) for f in args.logs]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4))
+    offset = 0
+    for i, log in enumerate(logs, 1):
+        steps = [offset + s for s in log["steps"]]
+        a1.plot(steps, log["loss"], lw=0.5, alpha=0.6, label=f"stage {i} train")
+        ev = log.get("eval") or []
+        a1.plot([offset + e["step"] for e in ev], [e["loss"] for e in ev], "o-", ms=3, label=f"stage {i} held-out")
+        for d, style in ((0, "o-"), (1, "s--"), (14, "^:")):
+            a2.plot([offset + e["step"] for e in ev], [e["top1"][d] for e in ev], style, ms=3,
+                    label=f"stage {i}, depth {d + 1}")
+        offset += log["steps_done"]
+        for ax in (a1, a2):
+            ax.axvline(offset, color="gray", lw=0.5)
+    a1.set_yscale("log")
+    a1.set_xlabel("step (cumulative over stages)")
+    a1.set_ylabel("forward KL x T^2 (nats/slot)")
+    a1.set_title("demo head KD loss")
+    a2.set_xlabel("step (cumulative over stages)")
+    a2.set_ylabel("held-out top-1 agreement")
+    a2.set_ylim(0, 1)
+    a2.set_title("held-out per-depth top-1 (each stage's own held-out set)")
+    for ax in (a1, a2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=100)
+    print(f"wrote {args.out}")
+
+
 # ---- main --------------------------------------------------------------------------------------------
 
 def main() -> None:
@@ -470,6 +509,10 @@ def main() -> None:
     h.add_argument("--threads", type=int, default=1)
     h.add_argument("--seed", type=int, default=0)
     h.set_defaults(func=cmd_head)
+    hc = sub.add_parser("head-curves", help="one training-curve figure for a head trained in --init stages")
+    hc.add_argument("--logs", nargs="+", required=True, help="train_log.json of each stage, in order")
+    hc.add_argument("--out", required=True, help="PNG path")
+    hc.set_defaults(func=cmd_head_curves)
     args = p.parse_args()
     args.func(args)
 
