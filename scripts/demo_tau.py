@@ -45,11 +45,12 @@ def main() -> None:
     ap.add_argument("--out", default="runs/demo_tau.json")
     ap.add_argument("--stats", default="runs/accept_stats.json")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--head", default=None, help="head folder to measure (default: the bundled demo head)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from tokenizers import Tokenizer
 
-    head = load_draft_head(demo_head_path())
+    head = load_draft_head(args.head or demo_head_path())
     target = load_target(demo_target_path(), tap_layers=head.target_layer_ids)
     tok = Tokenizer.from_file(str(demo_target_path() / "tokenizer.json"))
     files = demo_heldout_files()

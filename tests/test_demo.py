@@ -42,16 +42,21 @@ def _run(demo, budget=16, n=64):
     return results
 
 
-def test_demo_greedy_speculative_is_lossless(demo):
+@pytest.fixture(scope="module")
+def runs_b16(demo):
+    return _run(demo, budget=16)
+
+
+def test_demo_greedy_speculative_is_lossless(runs_b16):
     accepted = []
-    for out, st, ref in _run(demo):
+    for out, st, ref in runs_b16:
         assert out == ref
         accepted += st.accepted
     assert max(accepted) >= 2  # the head drafts tokens the target accepts
 
 
-@pytest.mark.xfail(strict=True, reason="the bundled demo head is undertrained (tau ~1.7 at B=16 on these prompts); "
-                                       "Stage 6 asks for tau > 2 here — see the README's demo section")
-def test_demo_tau_above_two_at_budget_16(demo):
-    accepted = [a for _, st, _ in _run(demo) for a in st.accepted]
+def test_demo_tau_above_two_at_budget_16(runs_b16):
+    """Stage 6: tau > 2 at B = 16 (the default dynamic tree, K = 7) on the same held-out prompts.
+    Measured 2.16 with the shipped head; the README's demo section has the full table."""
+    accepted = [a for _, st, _ in runs_b16 for a in st.accepted]
     assert sum(accepted) / len(accepted) > 2.0
