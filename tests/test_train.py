@@ -266,6 +266,13 @@ def test_cli_train_head_end_to_end(tmp_path, capsys):
                      "--out", str(tmp_path / "h2"), "--steps", "2", "--depth", "3", "--seq-len", "24",
                      "--regenerate", "--prompt-len", "8", "--max-sequences", "3", "--no-progress"])
     assert rc == 0 and (tmp_path / "h2" / "model.safetensors").is_file()
+    # --init continues a saved head: its depth and taps are kept, its weights move
+    rc = train_main(["train-head", "--target", str(tmp_path / "t"), "--data", str(tmp_path / "d.py"),
+                     "--out", str(tmp_path / "h3"), "--init", str(tmp_path / "h"), "--steps", "2",
+                     "--seq-len", "32", "--anchors", "8", "--lr", "1e-2", "--no-progress"])
+    cont = load_draft_head(tmp_path / "h3")
+    assert rc == 0 and cont.block_size == 5 and cont.target_layer_ids == [1]
+    assert not torch.equal(cont.fc.weight, head.fc.weight)
 
 
 def test_cli_errors_name_the_problem(tmp_path, capsys):
