@@ -360,8 +360,7 @@ def warm_start_head(
                                f"{head.target_layer_ids}; --tap-layers must name {len(head.target_layer_ids)} "
                                f"layers to warm-start from it, got {layers}")
         target.check_tap_layers(layers, who="tap_layers")
-        head.target_layer_ids[:] = layers
-        head.config.dflash_config["target_layer_ids"] = list(layers)
+        head.target_layer_ids[:] = layers  # the same list is the config's dflash_config.target_layer_ids
     head.check_compatible(target, source=str(init))
     return head
 

@@ -130,13 +130,17 @@ def load_tok():
     return Tokenizer.from_file(str(TARGET_DIR / "tokenizer.json"))
 
 
-def token_stream(files: list[str], tok) -> np.ndarray:
-    """All files tokenised, each followed by <|endoftext|>, concatenated (int32)."""
+def encode_files(files: list[str], tok) -> list[list[int]]:
+    """The token ids of each file."""
+    return [e.ids for e in tok.encode_batch([read_text(f) for f in files])]
+
+
+def token_stream(files: list[str], tok, encoded: list[list[int]] | None = None) -> np.ndarray:
+    """All files tokenised (or their ``encoded`` ids), each followed by <|endoftext|>, concatenated (int32)."""
     eos = tok.token_to_id(EOS)
-    encs = tok.encode_batch([read_text(f) for f in files])
     parts = []
-    for e in encs:
-        parts.append(np.asarray(e.ids, dtype=np.int32))
+    for ids in encoded if encoded is not None else encode_files(files, tok):
+        parts.append(np.asarray(ids, dtype=np.int32))
         parts.append(np.asarray([eos], dtype=np.int32))
     return np.concatenate(parts)
 
@@ -349,18 +353,18 @@ def cmd_head(args) -> None:
     L = args.seq_len
     rng = random.Random(args.seed)
 
-    def windows(files, limit):
-        stream = torch.from_numpy(token_stream(files, tok)).long()
+    def windows(files, limit, encoded=None):
+        stream = torch.from_numpy(token_stream(files, tok, encoded)).long()
         n = len(stream) // L
         idx = list(range(n))
         rng.shuffle(idx)
         return [stream[i * L:(i + 1) * L] for i in idx[:limit]]
 
     t0 = time.time()
-    train_seqs = windows(train_files(), args.sequences)
+    encoded = encode_files(train_files(), tok)
+    train_seqs = windows(train_files(), args.sequences, encoded)
     if args.file_starts:  # prompts a user gives most: the start of a file (docstring, imports)
-        encs = tok.encode_batch([read_text(f) for f in train_files()])
-        starts = [torch.tensor(e.ids[:L], dtype=torch.long) for e in encs if len(e.ids) > args.prompt_len]
+        starts = [torch.tensor(ids[:L], dtype=torch.long) for ids in encoded if len(ids) > args.prompt_len]
         train_seqs = (starts + train_seqs)[:args.sequences]
     eval_seqs = windows(heldout_files(), args.eval_sequences)
     print(f"{len(train_seqs)} train / {len(eval_seqs)} held-out windows of {L} tokens "
@@ -422,7 +426,7 @@ def cmd_head_curves(args) -> None:
         a1.plot(steps, log["loss"], lw=0.5, alpha=0.6, label=f"stage {i} train")
         ev = log.get("eval") or []
         a1.plot([offset + e["step"] for e in ev], [e["loss"] for e in ev], "o-", ms=3, label=f"stage {i} held-out")
-        for d, style in ((0, "o-"), (1, "s--"), (14, "^:")):
+        for d, style in ((0, "o-"), (1, "s--"), (len(ev[0]["top1"]) - 1 if ev else 0, "^:")):
             a2.plot([offset + e["step"] for e in ev], [e["top1"][d] for e in ev], style, ms=3,
                     label=f"stage {i}, depth {d + 1}")
         offset += log["steps_done"]
