@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from jetspec_compile.errors import JetSpecError
+from jetspec_compile.validate import at_least, device, out_folder, utf8_text
 
 
 def register(sub) -> None:
@@ -16,26 +17,26 @@ def register(sub) -> None:
                        description="Capture the prefill/draft/verify/ar_step graphs with torch.export and compile "
                                    "them with a backend into an artifact folder. Without --target/--head it "
                                    "exports the bundled demo.")
-    p.add_argument("--target", help="Qwen3 target folder (config.json, *.safetensors, tokenizer.json)")
-    p.add_argument("--head", help="JetSpec head folder (config.json, model.safetensors)")
+    p.add_argument("--target", type=utf8_text, help="Qwen3 target folder (config.json, *.safetensors, tokenizer.json)")
+    p.add_argument("--head", type=utf8_text, help="JetSpec head folder (config.json, model.safetensors)")
     p.add_argument("--backend", default="aoti", choices=("aoti", "tensorrt", "onnx"))
-    p.add_argument("--budget", type=int, default=64, help="B: tree nodes verified per round (root included)")
-    p.add_argument("--depth", type=int, default=None, help="D: drafted depths (default: the head's block size - 1)")
-    p.add_argument("--topk", type=int, default=7, help="K: candidates per depth")
-    p.add_argument("--max-seq-len", type=int, default=2048, help="S: KV cache rows")
-    p.add_argument("--prefill-chunk", type=int, default=128, help="P: prompt tokens per prefill call")
+    p.add_argument("--budget", type=at_least(1), default=64, help="B: tree nodes verified per round (root included)")
+    p.add_argument("--depth", type=at_least(1), default=None, help="D: drafted depths (default: the head's block size - 1)")
+    p.add_argument("--topk", type=at_least(1), default=7, help="K: candidates per depth")
+    p.add_argument("--max-seq-len", type=at_least(1), default=2048, help="S: KV cache rows")
+    p.add_argument("--prefill-chunk", type=at_least(1), default=128, help="P: prompt tokens per prefill call")
     p.add_argument("--tree", default="dynamic", choices=("dynamic", "static"))
-    p.add_argument("--tree-stats", default=None,
+    p.add_argument("--tree-stats", default=None, type=utf8_text,
                    help="with --tree static: per-(depth, rank) acceptance JSON to calibrate the topology")
-    p.add_argument("--out", default=None, help="artifact folder (default artifacts/<name>-<backend>-b<B>)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", default=None, type=out_folder, help="artifact folder (default artifacts/<name>-<backend>-b<B>)")
+    p.add_argument("--device", default="cpu", type=device, help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     p.add_argument("--no-sampling", action="store_true", help="skip the verify_sample graph (greedy only)")
     p.add_argument("--force", action="store_true", help="replace an existing artifact folder")
     p.set_defaults(func=run_export)
 
     q = sub.add_parser("inspect", help="print an artifact's manifest and verify every file hash")
-    q.add_argument("artifact")
+    q.add_argument("artifact", type=utf8_text)
     q.add_argument("--json", action="store_true", help="print the raw manifest")
     q.set_defaults(func=run_inspect)
 

@@ -1,18 +1,35 @@
-"""The `jetspec-compile` command line. Subcommands are added by the modules that implement them."""
+"""The `jetspec-compile` command line. Subcommands are added by the modules that implement them.
+
+Every failure the user can cause ends in one line on stderr, ``error: ...``, and exit status 1: bad
+arguments (argparse), bad inputs (JetSpecError), and file-system errors (OSError). Ctrl-C or SIGTERM
+ends a command with ``interrupted`` and exit status 130 (143 for SIGTERM); commands that write folders
+remove their partial output on the way out.
+"""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+from typing import NoReturn
 
 from . import __version__
 from .errors import JetSpecError
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit status 1."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
+        sys.exit(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jetspec-compile", description=__doc__)
+    p = Parser(prog="jetspec-compile", description=__doc__.split("\n")[0])
     p.add_argument("--version", action="version", version=f"jetspec-compile {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for register in _registrars():
         register(sub)
     return p
@@ -27,7 +44,44 @@ def _registrars():
     return [export_commands, runtime_commands, profile_commands, train_commands]
 
 
+class _Signals:
+    """SIGINT / SIGTERM raise KeyboardInterrupt once (so context managers clean up); the signal is kept,
+    so an interrupt that reaches us wrapped in another exception (e.g. through a compiled graph's C++
+    frames) is still reported as an interrupt."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> "_Signals":
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is None:  # a second signal during the clean-up does not interrupt the clean-up
+            self.signum = signum
+            raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    with _Signals() as signals:
+        try:
+            return _run(argv)
+        except KeyboardInterrupt:
+            return _interrupted(signals.signum or signal.SIGINT)
+        except Exception:
+            if signals.signum is not None:
+                return _interrupted(signals.signum)
+            raise
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -38,6 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     except JetSpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
+
+
+def _interrupted(signum: int) -> int:
+    sys.stdout.flush()
+    print(f"interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+    return 128 + signum
 
 
 if __name__ == "__main__":

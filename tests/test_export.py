@@ -146,14 +146,19 @@ def test_tampering_is_detected(onnx_artifact, copy_of):
     (art / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ArtifactError, match="schema_version is 99"):
         load(art)
-    m["schema_version"] = 1
-    m["backend"] = "tensorrt"  # wrong backend: its graphs cannot be loaded here
+    m["schema_version"] = 2
+    m["backend"] = "tensorrt"  # wrong backend: the graph files are another backend's
     (art / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(BackendUnavailableError, match="tensorrt backend needs --device cuda"):
+    with pytest.raises(ArtifactError, match=r"field graphs\.\w+\.file is '\w+\.onnx'; expected a \.ep file"):
         load(art)
     m["backend"] = "tflite"
     (art / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(JetSpecError, match="backend 'tflite'; expected one of"):
+    with pytest.raises(JetSpecError, match="field backend is 'tflite'; expected one of"):
+        load(art)
+    m["backend"] = "onnx"
+    m["shapes"]["topk"] = 4  # any edit: the manifest's own digest
+    (art / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="manifest_sha256 .* the manifest was edited"):
         load(art)
     with pytest.raises(ArtifactError, match="not found"):
         load(art / "nope")
