@@ -39,7 +39,7 @@ def _check_versions(manifest: dict, folder: Path) -> None:
     backend = manifest["backend"]
     built = manifest.get("versions", {})
     here = library_versions()
-    needs = {"aoti": ["torch"], "tensorrt": ["torch", "torch-tensorrt"], "onnx": []}[backend]
+    needs = {"aoti": ["torch"], "tensorrt": ["torch", "torch-tensorrt"]}.get(backend, [])
     for lib in needs:
         if _version_minor(built.get(lib)) != _version_minor(here.get(lib)):
             raise ArtifactError(f"{folder / 'manifest.json'}: field versions.{lib} is {built.get(lib)!r}, this "
@@ -73,7 +73,9 @@ class Engine:
         if tok:
             from tokenizers import Tokenizer
 
-            self.tokenizer = Tokenizer.from_file(str(folder / tok["file"]))
+            from jetspec_compile.export.artifact import artifact_path
+
+            self.tokenizer = Tokenizer.from_file(str(artifact_path(folder, tok["file"], "tokenizer.file")))
         self.last_stats: Stats | None = None
 
     # ---- shapes ---------------------------------------------------------------------------------------
@@ -211,16 +213,17 @@ def _eager_graphs(folder: Path, manifest: dict, weights: dict, device: torch.dev
 def load(path: str | Path, device: str | torch.device | None = None, *, mode: str = "compiled",
          verify_hashes: bool = True) -> Engine:
     """Validate an artifact folder (schema, hashes, backend, library versions) and load its graphs."""
-    from jetspec_compile.export.artifact import read_manifest
+    from jetspec_compile.export.artifact import artifact_path, read_manifest
     from jetspec_compile.export.pipeline import get_backend
     from jetspec_compile.safetensors_io import load_safetensors
+    from jetspec_compile.validate import torch_device as _device
 
     folder = Path(path)
     manifest = read_manifest(folder, verify_hashes=verify_hashes)
-    dev = torch.device(device if device is not None else manifest["device"])
+    dev = _device(device if device is not None else manifest["device"])
     if mode not in ("compiled", "eager"):
         raise JetSpecError(f"mode {mode!r}; expected 'compiled' or 'eager'")
-    weights = load_safetensors(folder / manifest["weights"], device=dev)
+    weights = load_safetensors(artifact_path(folder, manifest["weights"], "weights"), device=dev)
     if mode == "eager":
         graphs = _eager_graphs(folder, manifest, weights, dev)
         return Engine(folder, manifest, graphs, dev, mode)
@@ -238,5 +241,6 @@ def load(path: str | Path, device: str | torch.device | None = None, *, mode: st
             from jetspec_compile.export.onnx import forward_arg_names
 
             kwargs["input_names"] = forward_arg_names(GRAPH_CLASSES[name])
-        graphs[name] = backend.load_graph(folder / info["file"], str(dev), weights, **kwargs)
+        graph_file = artifact_path(folder, info["file"], f"graphs.{name}.file")
+        graphs[name] = backend.load_graph(graph_file, str(dev), weights, **kwargs)
     return Engine(folder, manifest, graphs, dev, mode)
