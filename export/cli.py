@@ -21,14 +21,16 @@ def register(sub) -> None:
     p.add_argument("--head", type=utf8_text, help="JetSpec head folder (config.json, model.safetensors)")
     p.add_argument("--backend", default="aoti", choices=("aoti", "tensorrt", "onnx"))
     p.add_argument("--budget", type=at_least(1), default=64, help="B: tree nodes verified per round (root included)")
-    p.add_argument("--depth", type=at_least(1), default=None, help="D: drafted depths (default: the head's block size - 1)")
+    p.add_argument("--depth", type=at_least(1), default=None,
+                   help="D: drafted depths (default: the head's block size - 1)")
     p.add_argument("--topk", type=at_least(1), default=7, help="K: candidates per depth")
     p.add_argument("--max-seq-len", type=at_least(1), default=2048, help="S: KV cache rows")
     p.add_argument("--prefill-chunk", type=at_least(1), default=128, help="P: prompt tokens per prefill call")
     p.add_argument("--tree", default="dynamic", choices=("dynamic", "static"))
     p.add_argument("--tree-stats", default=None, type=utf8_text,
                    help="with --tree static: per-(depth, rank) acceptance JSON to calibrate the topology")
-    p.add_argument("--out", default=None, type=out_folder, help="artifact folder (default artifacts/<name>-<backend>-b<B>)")
+    p.add_argument("--out", default=None, type=out_folder,
+                   help="artifact folder (default artifacts/<name>-<backend>-b<B>)")
     p.add_argument("--device", default="cpu", type=device, help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     p.add_argument("--no-sampling", action="store_true", help="skip the verify_sample graph (greedy only)")

@@ -51,6 +51,7 @@ __all__ = [
     "chain_walk_tau",
     "depth_weights",
     "evaluate_head",
+    "init_head_from_target",
     "kd_loss",
     "load_documents",
     "make_sequences",
@@ -337,6 +338,55 @@ def build_head_for_target(
     )
     head = DraftHead(config).init_weights(seed=seed, std=std)
     return head.to(device=target.device, dtype=torch.float32)
+
+
+def init_head_from_target(
+    head: DraftHead,
+    target: Target,
+    *,
+    layers: Sequence[int] | None = None,
+    fc_tap: int | None = None,
+) -> DraftHead:
+    """Initialise ``head`` (in place) from the target's own weights, so it starts near the target.
+
+    * head layer i <- target decoder layer ``layers[i]`` (default: the target's last ``len(head.layers)``
+      layers; the head's layers must have the target's shapes);
+    * ``norm`` <- the target's final norm;
+    * ``fc`` <- identity on the tap of target layer ``fc_tap`` (default: the deepest tapped layer), zero on
+      the other taps, and ``hidden_norm`` <- the input norm of target layer ``layers[0]``: when
+      ``layers[0] == fc_tap + 1`` the first head layer's context keys / values are exactly what that
+      target layer computes for the context tokens.
+
+    Raises JetSpecError when shapes differ (e.g. a head of another width or MLP size).
+    """
+    n = len(head.layers)
+    L = target.num_layers
+    layers = [int(x) for x in layers] if layers is not None else list(range(L - n, L))
+    if len(layers) != n:
+        raise JetSpecError(f"init from target: {n} head layers, but {len(layers)} target layers named ({layers})")
+    target.check_tap_layers(layers, who="init layers")
+    taps = head.target_layer_ids
+    fc_tap = max(taps) if fc_tap is None else int(fc_tap)
+    if fc_tap not in taps:
+        raise JetSpecError(f"init from target: fc_tap {fc_tap} is not one of the head's tapped layers {taps}")
+    src_layers = target.decoder_layers
+    with torch.no_grad():
+        for i, j in enumerate(layers):
+            src = src_layers[j].state_dict()
+            dst = head.layers[i].state_dict()
+            bad = [k for k in dst if k not in src or src[k].shape != dst[k].shape]
+            if bad:
+                raise JetSpecError(f"init from target: head layer {i} and target layer {j} differ in {bad[:3]} "
+                                   "(the head's layers must have the target's shapes)")
+            head.layers[i].load_state_dict({k: src[k].to(head.dtype) for k in dst})
+        head.norm.weight.copy_(target.model.model.norm.weight.to(head.dtype))
+        d = target.hidden_size
+        w = torch.zeros_like(head.fc.weight)
+        k = taps.index(fc_tap)
+        w[:, k * d:(k + 1) * d] = torch.eye(d, dtype=w.dtype, device=w.device)
+        head.fc.weight.copy_(w)
+        head.hidden_norm.weight.copy_(src_layers[layers[0]].input_layernorm.weight.to(head.dtype))
+    return head
 
 
 def warm_start_head(
@@ -800,49 +850,55 @@ def plot_training(log: dict, path: str | Path) -> Path:
 
 def register_cli(subparsers) -> None:
     """Add ``train-head`` to the ``jetspec-compile`` command line."""
+    from .validate import at_least, device, finite, out_folder, utf8_text
+
     p = subparsers.add_parser(
         "train-head",
         help="train a JetSpec draft head for a Qwen3 target",
         description="Train a JetSpec draft head (forward-KL distillation at random anchor blocks) for a "
                     "Hugging Face Qwen3 target folder; writes the head in the released layout.",
     )
-    p.add_argument("--target", required=True, help="target folder (config.json, *.safetensors, tokenizer.json)")
-    p.add_argument("--data", required=True, nargs="+",
+    p.add_argument("--target", required=True, type=utf8_text,
+                   help="target folder (config.json, *.safetensors, tokenizer.json)")
+    p.add_argument("--data", required=True, nargs="+", type=utf8_text,
                    help="text / .py files, folders, or .jsonl files with a 'text' (or 'prompt') string per line")
-    p.add_argument("--out", required=True, help="output head folder (config.json + model.safetensors)")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--anchors", type=int, default=512, help="anchor blocks per sequence (at most)")
-    p.add_argument("--depth", type=int, default=15, help="drafted depths D (block size D+1)")
-    p.add_argument("--kd-temperature", type=float, default=1.0)
-    p.add_argument("--loss-decay-gamma", type=float, default=0.0,
+    p.add_argument("--out", required=True, type=out_folder, help="output head folder (config.json + model.safetensors)")
+    p.add_argument("--steps", type=at_least(1), default=1000)
+    p.add_argument("--lr", type=finite(0.0, strict=True), default=3e-4)
+    p.add_argument("--anchors", type=at_least(1), default=512, help="anchor blocks per sequence (at most)")
+    p.add_argument("--depth", type=at_least(1), default=15, help="drafted depths D (block size D+1)")
+    p.add_argument("--kd-temperature", type=finite(0.0, strict=True), default=1.0)
+    p.add_argument("--loss-decay-gamma", type=finite(0.0), default=0.0,
                    help="0: uniform depth weights (JetSpec); >0: weight exp(-(d-1)/gamma) (DFlash)")
-    p.add_argument("--batch", type=int, default=1, help="sequences per optimizer step")
-    p.add_argument("--seq-len", type=int, default=512, help="training sequence length in tokens")
+    p.add_argument("--batch", type=at_least(1), default=1, help="sequences per optimizer step")
+    p.add_argument("--seq-len", type=at_least(2), default=512, help="training sequence length in tokens")
     p.add_argument("--regenerate", action="store_true",
                    help="replace each sample's continuation by the target's greedy output first")
-    p.add_argument("--prompt-len", type=int, default=None,
+    p.add_argument("--prompt-len", type=at_least(1), default=None,
                    help="with --regenerate: prompt tokens kept from each text sample (default seq-len/4)")
-    p.add_argument("--regen-batch", type=int, default=16)
-    p.add_argument("--layers", type=int, default=1, help="head decoder layers")
-    p.add_argument("--taps", type=int, default=5, help="number of tapped target layers (reference rule)")
-    p.add_argument("--tap-layers", type=int, nargs="+", default=None, help="explicit tapped target layers")
+    p.add_argument("--regen-batch", type=at_least(1), default=16)
+    p.add_argument("--layers", type=at_least(1), default=1, help="head decoder layers")
+    p.add_argument("--taps", type=at_least(1), default=5, help="number of tapped target layers (reference rule)")
+    p.add_argument("--tap-layers", type=at_least(0), nargs="+", default=None, help="explicit tapped target layers")
     p.add_argument("--bidirectional", action="store_true", help="a DFlash-style head (no causal block mask)")
-    p.add_argument("--init", default=None,
+    p.add_argument("--init", default=None, type=utf8_text,
                    help="continue training this head folder (its layers, depth and mask token are kept; "
                         "--tap-layers may re-point its taps)")
-    p.add_argument("--mask-token-id", type=int, default=None,
+    p.add_argument("--init-from-target", type=at_least(0), nargs="*", default=None, metavar="LAYER",
+                   help="start a new head from these target layers (none named: the last ones), the target's "
+                        "final norm, and fc = identity on the deepest tap")
+    p.add_argument("--mask-token-id", type=at_least(0), default=None,
                    help=f"mask token id when the tokenizer has no {MASK_TOKEN} token")
-    p.add_argument("--max-sequences", type=int, default=None, help="use at most this many sequences")
-    p.add_argument("--eval-fraction", type=float, default=0.0,
+    p.add_argument("--max-sequences", type=at_least(1), default=None, help="use at most this many sequences")
+    p.add_argument("--eval-fraction", type=finite(0.0, hi=1.0), default=0.0,
                    help="hold out this fraction of the sequences for evaluation")
-    p.add_argument("--eval-every", type=int, default=None)
-    p.add_argument("--save-every", type=int, default=None)
-    p.add_argument("--max-minutes", type=float, default=None)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--eval-every", type=at_least(1), default=None)
+    p.add_argument("--save-every", type=at_least(1), default=None)
+    p.add_argument("--max-minutes", type=finite(0.0, strict=True), default=None)
+    p.add_argument("--device", default=None, type=device, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--target-dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=at_least(1), default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_train_head)
 
@@ -884,6 +940,8 @@ def _cmd_train_head(args) -> int:
                         ("--batch", args.batch, 1), ("--seq-len", args.seq_len, 3), ("--layers", args.layers, 1)):
         if v < lo:
             raise JetSpecError(f"{name} is {v}; expected >= {lo}")
+    if args.init and getattr(args, "init_from_target", None) is not None:
+        raise JetSpecError("--init continues a saved head and --init-from-target starts a new one: give one of them")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -936,6 +994,8 @@ def _cmd_train_head(args) -> int:
         head = build_head_for_target(target, mask_token_id=mask_id, num_layers=args.layers,
                                      block_size=args.depth + 1, num_taps=args.taps, tap_layers=args.tap_layers,
                                      causal=not args.bidirectional, seed=args.seed)
+        if getattr(args, "init_from_target", None) is not None:
+            init_head_from_target(head, target, layers=args.init_from_target or None)
     log = train_head(target, head, train_seqs, steps=args.steps, lr=args.lr, anchors=args.anchors,
                      kd_temperature=args.kd_temperature, batch=args.batch, seed=args.seed,
                      loss_decay_gamma=args.loss_decay_gamma, out=out,

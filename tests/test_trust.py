@@ -21,7 +21,6 @@ import pytest
 
 from jetspec_compile.cli import main
 from jetspec_compile.errors import ArtifactError
-from jetspec_compile.export import artifact as artifact_mod
 from jetspec_compile.export.artifact import atomic_folder, manifest_digest, read_manifest, sha256, update_manifest
 from jetspec_compile.export.atomic import clean_stale
 from jetspec_compile.export.schema import BACKEND_EXT
@@ -159,7 +158,8 @@ TAMPER = [
     ("shape-bool", _set("shapes.depth", True), "field shapes.depth is True"),
     ("shape-negative", _set("shapes.topk", -1), "field shapes.topk is -1"),
     ("draft-depth", _set("shapes.draft_depth", 9), "field shapes.draft_depth is 9; expected an integer >= 1 and <= 5"),
-    ("wrong-backend-files", _set("backend", "onnx"), "field graphs.ar_step.file is 'ar_step.pt2'; expected a .onnx file"),
+    ("wrong-backend-files", _set("backend", "onnx"),
+     "field graphs.ar_step.file is 'ar_step.pt2'; expected a .onnx file"),
     ("unknown-backend", _set("backend", "tflite"), "field backend is 'tflite'; expected one of"),
     ("unknown-device", _set("device", "tpu"), "field device is 'tpu'"),
     ("bad-digest-format", _set("files", lambda f: dict(f, **{"weights.safetensors": "xyz"})),
