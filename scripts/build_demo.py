@@ -342,9 +342,12 @@ def cmd_plot_target(args) -> None:
 # ---- stage: head -------------------------------------------------------------------------------------
 
 def cmd_head(args) -> None:
-    from jetspec_compile.train import build_head_for_target, evaluate_head, regenerate, train_head, warm_start_head
+    from jetspec_compile.train import (build_head_for_target, evaluate_head, init_head_from_target, regenerate,
+                                       train_head, warm_start_head)
     from jetspec_compile.target import load_target
 
+    if args.init and args.init_from_target is not None:
+        sys.exit("--init continues a saved head and --init-from-target starts a new one: give one of them")
     torch.set_num_threads(args.threads)
     tok = load_tok()
     target = load_target(args.target_dir)
@@ -387,6 +390,8 @@ def cmd_head(args) -> None:
         info["regenerated_tokens"] = sum(s.ids.numel() - args.prompt_len for s in train_seqs + eval_seqs)
         print(f"regenerated {len(train_seqs) + len(eval_seqs)} continuations in {info['regenerate_seconds']:.0f}s",
               flush=True)
+    if args.regen_only:
+        return
     if args.init:
         head = warm_start_head(target, args.init, tap_layers=args.tap_layers)
         info["init"] = str(args.init)
@@ -394,6 +399,9 @@ def cmd_head(args) -> None:
         head = build_head_for_target(target, num_layers=args.layers, block_size=args.depth + 1,
                                      mask_token_id=tok.token_to_id(MASK), num_taps=args.taps,
                                      tap_layers=args.tap_layers, seed=args.seed)
+        if args.init_from_target is not None:  # copy target layers, final norm, fc = identity on a tap
+            init_head_from_target(head, target, layers=args.init_from_target or None, fc_tap=args.fc_tap)
+            info["init_from_target"] = {"layers": args.init_from_target or "last", "fc_tap": args.fc_tap}
     raw_eval = windows(heldout_files(), args.eval_sequences)  # natural held-out text, not regenerated
     t0 = time.time()
     result = train_head(target, head, train_seqs, steps=args.steps, lr=args.lr, anchors=args.anchors,
@@ -494,6 +502,11 @@ def main() -> None:
     h.add_argument("--taps", type=int, default=5)
     h.add_argument("--tap-layers", type=int, nargs="+", default=None, help="explicit tapped target layers")
     h.add_argument("--init", default=None, help="continue training this head folder")
+    h.add_argument("--init-from-target", type=int, nargs="*", default=None, metavar="LAYER",
+                   help="initialise a new head from these target layers (none named: the last ones), "
+                        "its final norm from the target's and fc as identity on --fc-tap")
+    h.add_argument("--fc-tap", type=int, default=None, help="with --init-from-target: the tap fc passes on "
+                                                            "(default: the deepest)")
     h.add_argument("--file-starts", action="store_true",
                    help="also prompt with the first --prompt-len tokens of every training file")
     h.add_argument("--warmup", type=float, default=0.04, help="warm-up steps (fraction of --steps if < 1)")
@@ -507,6 +520,7 @@ def main() -> None:
     h.add_argument("--regenerate", action="store_true")
     h.add_argument("--prompt-len", type=int, default=64)
     h.add_argument("--regen-batch", type=int, default=64)
+    h.add_argument("--regen-only", action="store_true", help="only regenerate (and cache) the sequences")
     h.add_argument("--eval-every", type=int, default=50)
     h.add_argument("--max-minutes", type=float, default=0)
     h.add_argument("--bf16", action="store_true", help="bf16 autocast for the head forward")

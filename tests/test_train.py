@@ -14,6 +14,7 @@ from jetspec_compile.train import (
     build_head_for_target,
     chain_walk_tau,
     evaluate_head,
+    init_head_from_target,
     kd_loss,
     load_documents,
     main as train_main,
@@ -176,6 +177,39 @@ def test_warm_start_continues_a_saved_head(tmp_path):
     assert not torch.equal(before, moved.fc.weight)
 
 
+def test_init_from_target_copies_layers_and_starts_with_the_target_context():
+    """--init-from-target: head layers = target layers, final norm = the target's, fc = identity on the
+    deepest tap; the first head layer's context keys / values are then exactly the target layer's."""
+    from transformers.models.qwen3.modeling_qwen3 import rotate_half
+
+    target = tiny_target(num_layers=6)
+    head = build_head_for_target(target, mask_token_id=127, num_layers=2, block_size=6, tap_layers=[1, 2, 3])
+    init_head_from_target(head, target)  # default: the target's last layers [4, 5], fc tap 3
+    for i, j in enumerate([4, 5]):
+        for k, v in target.decoder_layers[j].state_dict().items():
+            assert torch.equal(head.layers[i].state_dict()[k], v)
+    assert torch.equal(head.norm.weight, target.model.model.norm.weight)
+    ids = torch.randint(0, 127, (12,))
+    with torch.no_grad():
+        taps = target(ids, tap_layers=head.target_layer_ids).taps
+        ck, cv = head.project_context(taps, torch.arange(12))
+        layer = target.decoder_layers[4]
+        x = layer.input_layernorm(taps[:, 2 * 64:])  # the output of target layer 3 = the input of layer 4
+        attn = layer.self_attn
+        hd = target.head_dim
+        k = attn.k_norm(attn.k_proj(x).view(12, -1, hd)).transpose(0, 1)
+        cos, sin = head.rotary_emb(x[None], torch.arange(12)[None])
+        torch.testing.assert_close(ck[0], k * cos + rotate_half(k) * sin)
+        torch.testing.assert_close(cv[0], attn.v_proj(x).view(12, -1, hd).transpose(0, 1))
+    with pytest.raises(JetSpecError, match="2 head layers"):
+        init_head_from_target(head, target, layers=[5])
+    with pytest.raises(JetSpecError, match="not one of the head's tapped layers"):
+        init_head_from_target(head, target, fc_tap=4)
+    wide = build_head_for_target(target, mask_token_id=127, num_layers=1, tap_layers=[1], intermediate_size=40)
+    with pytest.raises(JetSpecError, match="shapes"):
+        init_head_from_target(wide, target)
+
+
 def test_anchor_chunks_give_the_same_gradient():
     """Splitting a sequence's anchors into chunks (anchor_chunk) sums to the one-forward loss and gradient."""
     from jetspec_compile.train import TrainSequence, _sequence_stats
@@ -273,6 +307,17 @@ def test_cli_train_head_end_to_end(tmp_path, capsys):
     cont = load_draft_head(tmp_path / "h3")
     assert rc == 0 and cont.block_size == 5 and cont.target_layer_ids == [1]
     assert not torch.equal(cont.fc.weight, head.fc.weight)
+    # --init-from-target starts a new head from target layers (here the last 2 of 4, 0 steps of drift)
+    rc = train_main(["train-head", "--target", str(tmp_path / "t"), "--data", str(tmp_path / "d.py"),
+                     "--out", str(tmp_path / "h4"), "--init-from-target", "--layers", "2", "--taps", "2",
+                     "--steps", "1", "--lr", "1e-9", "--seq-len", "32", "--anchors", "8", "--no-progress"])
+    new = load_draft_head(tmp_path / "h4")
+    torch.testing.assert_close(new.layers[1].mlp.up_proj.weight, target.decoder_layers[3].mlp.up_proj.weight,
+                               rtol=0, atol=1e-6)
+    assert rc == 0
+    rc = train_main(["train-head", "--target", str(tmp_path / "t"), "--data", str(tmp_path / "d.py"),
+                     "--out", str(tmp_path / "h5"), "--init", str(tmp_path / "h"), "--init-from-target"])
+    assert rc == 2 and "give one of them" in capsys.readouterr().err
 
 
 def test_cli_errors_name_the_problem(tmp_path, capsys):
