@@ -79,6 +79,18 @@ def artifact_path(folder: str | Path, rel: object, field: str = "files") -> Path
     return resolved
 
 
+def load_tokenizer(folder: str | Path, rel: str):
+    """The artifact's tokenizer.json (inside the folder), or one ArtifactError."""
+    from tokenizers import Tokenizer
+
+    path = artifact_path(folder, rel, "tokenizer.file")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises plain Exception
+        raise ArtifactError(f"{path}: cannot read the tokenizer ({str(e)[:200]}); expected a tokenizer.json "
+                            "written by Hugging Face tokenizers") from None
+
+
 def write_manifest(folder: Path, manifest: dict) -> dict:
     """Hash every file in ``folder`` (but the manifest) into manifest["files"], add the manifest's own
     digest and write manifest.json (atomically)."""

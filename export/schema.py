@@ -237,6 +237,8 @@ def check_graph_shapes(m: dict, path: Path) -> None:
     for name, g in graphs.items():
         inputs = [parse_input(t) for t in g["inputs"]]
         field = f"graphs.{name}.inputs"
+        if name in ("prefill", "verify", "verify_sample") and (not inputs or len(inputs[0][1]) != 1):
+            raise c.fail(field, g["inputs"], "the recorded input types, the first a 1-D token tensor")
         want = caches.get(name, target_cache)
         for i, (dtype, dims) in enumerate(inputs):
             if len(dims) == 4:

@@ -71,11 +71,9 @@ class Engine:
         self.tokenizer = None
         tok = manifest.get("tokenizer")
         if tok:
-            from tokenizers import Tokenizer
+            from jetspec_compile.export.artifact import load_tokenizer
 
-            from jetspec_compile.export.artifact import artifact_path
-
-            self.tokenizer = Tokenizer.from_file(str(artifact_path(folder, tok["file"], "tokenizer.file")))
+            self.tokenizer = load_tokenizer(folder, tok["file"])
         self.last_stats: Stats | None = None
 
     # ---- shapes ---------------------------------------------------------------------------------------
@@ -242,5 +240,10 @@ def load(path: str | Path, device: str | torch.device | None = None, *, mode: st
 
             kwargs["input_names"] = forward_arg_names(GRAPH_CLASSES[name])
         graph_file = artifact_path(folder, info["file"], f"graphs.{name}.file")
-        graphs[name] = backend.load_graph(graph_file, str(dev), weights, **kwargs)
+        try:
+            graphs[name] = backend.load_graph(graph_file, str(dev), weights, **kwargs)
+        except Exception as e:  # a corrupt graph (hashed by its author) must not end in a native stack trace
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ArtifactError(f"{graph_file}: cannot load the {manifest['backend']} graph {name!r} "
+                                f"({first})") from None
     return Engine(folder, manifest, graphs, dev, mode)

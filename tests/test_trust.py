@@ -21,7 +21,8 @@ import pytest
 
 from jetspec_compile.cli import main
 from jetspec_compile.errors import ArtifactError
-from jetspec_compile.export.artifact import atomic_folder, manifest_digest, read_manifest, sha256, update_manifest
+from jetspec_compile.export.artifact import (atomic_folder, manifest_digest, read_manifest, sha256, update_manifest,
+                                             write_manifest)
 from jetspec_compile.export.atomic import clean_stale
 from jetspec_compile.export.schema import BACKEND_EXT
 
@@ -190,6 +191,30 @@ def test_unlisted_file_and_swapped_file(world, capsys):
     (world.art / "extra.so").unlink()
     shutil.copy(world.outside / "w.safetensors", world.art / "weights.safetensors")  # same bytes: passes
     assert run_cli(capsys, "inspect", world.art)[0] == 0
+
+
+@pytest.mark.parametrize("name,needle", [("draft.pt2", "cannot load the aoti graph 'draft'"),
+                                         ("tokenizer.json", "cannot read the tokenizer")])
+def test_corrupt_file_hashed_by_its_author(name, needle, world, capsys):
+    """A self-consistent artifact (re-hashed, re-signed) with a garbage file: still one error line."""
+    (world.art / name).write_bytes(b"PK\x03\x04 garbage")
+    m = json.loads((world.art / "manifest.json").read_text())
+    write_manifest(world.art, m)
+    code, _, err = run_cli(capsys, "generate", world.art, "abc", "--max-new-tokens", "2")
+    assert_one_error(code, err, name, needle)
+
+
+def test_manifest_symlink_out_and_empty_inputs(world, capsys):
+    shutil.copy(world.art / "manifest.json", world.outside.parent / "m.json")
+    (world.art / "manifest.json").unlink()
+    (world.art / "manifest.json").symlink_to(world.outside.parent / "m.json")
+    code, _, err = run_cli(capsys, "inspect", world.art)
+    assert_one_error(code, err, "field manifest.json is 'manifest.json', which resolves to")
+    (world.art / "manifest.json").unlink()
+    shutil.copy(world.outside.parent / "m.json", world.art / "manifest.json")
+    edit(world.art, _set("graphs.prefill.inputs", []))
+    code, _, err = run_cli(capsys, "inspect", world.art)
+    assert_one_error(code, err, "field graphs.prefill.inputs is []")
 
 
 def test_every_backend_has_its_extension():
