@@ -125,9 +125,18 @@ def clean_stale(dest: Path) -> list[Path]:
     for p in dest.parent.iterdir():
         match = pattern.match(p.name)
         if match and int(match.group(2)) != os.getpid() and not pid_alive(int(match.group(2))):
-            shutil.rmtree(p, ignore_errors=True)
+            remove(p)
             removed.append(p)
     return removed
+
+
+def remove(p: Path) -> None:
+    """Delete a folder tree, a file or a symlink (never what a symlink points to); quiet if absent."""
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
 
 
 def pid_alive(pid: int) -> bool:
@@ -143,10 +152,10 @@ def pid_alive(pid: int) -> bool:
 def _install(tmp: Path, dest: Path, force: bool) -> None:
     if force and _exists(dest):
         old = dest.parent / partial_name(dest, "old")
-        shutil.rmtree(old, ignore_errors=True)
+        remove(old)
         rename_noreplace(dest, old)
         rename_noreplace(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
+        remove(old)
         return
     try:
         rename_noreplace(tmp, dest)

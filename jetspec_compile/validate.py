@@ -21,19 +21,26 @@ def _bad(message: str) -> argparse.ArgumentTypeError:
     return argparse.ArgumentTypeError(message)
 
 
-def at_least(lo: int) -> Callable[[str], int]:
-    """An integer >= ``lo``."""
+def at_least(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """An integer >= ``lo`` (and <= ``hi``)."""
+    want = f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise _bad(f"{text!r} is not an integer; expected an integer >= {lo}") from None
-        if value < lo:
-            raise _bad(f"{value} is out of range; expected an integer >= {lo}")
+            raise _bad(f"{text!r} is not an integer; expected {want}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise _bad(f"{value} is out of range; expected {want}")
         return value
 
-    parse.__name__ = f"integer >= {lo}"
+    parse.__name__ = want
     return parse
+
+
+INT32_MAX = 2**31 - 1
+SEED_MAX = 2**64 - 1
+THREADS_MAX = 1024
 
 
 def finite(lo: float = 0.0, *, strict: bool = False, hi: float | None = None) -> Callable[[str], float]:

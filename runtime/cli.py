@@ -7,21 +7,22 @@ import sys
 
 import torch
 
-from jetspec_compile.validate import at_least, device, finite, nonempty_text, probability, utf8_text
+from jetspec_compile.validate import (INT32_MAX, SEED_MAX, THREADS_MAX, at_least, device, finite, nonempty_text,
+                                      probability, utf8_text)
 
 
 def register(sub) -> None:
     g = sub.add_parser("generate", help="generate text from an artifact (streams the text, prints stats)")
     g.add_argument("artifact", type=utf8_text)
     g.add_argument("prompt", type=utf8_text)
-    g.add_argument("--max-new-tokens", type=at_least(1), default=128)
+    g.add_argument("--max-new-tokens", type=at_least(1, INT32_MAX), default=128)
     g.add_argument("--temperature", type=finite(0.0), default=0.0, help="0 = greedy (a finite number >= 0)")
-    g.add_argument("--top-k", type=at_least(0), default=None, help="0 = no top-k filter")
+    g.add_argument("--top-k", type=at_least(0, INT32_MAX), default=None, help="0 = no top-k filter")
     g.add_argument("--top-p", type=probability, default=None, help="0 < p <= 1")
-    g.add_argument("--seed", type=at_least(0), default=None)
+    g.add_argument("--seed", type=at_least(0, SEED_MAX), default=None)
     g.add_argument("--stop", action="append", type=nonempty_text, default=None, help="stop string (repeatable)")
     g.add_argument("--device", type=device, default=None, help="cpu, cuda or cuda:N (default: the artifact's)")
-    g.add_argument("--threads", type=at_least(1), default=1, help="torch CPU threads (default 1)")
+    g.add_argument("--threads", type=at_least(1, THREADS_MAX), default=1, help="torch CPU threads (default 1)")
     g.add_argument("--ar", action="store_true", help="plain decoding with the ar_step graph (the baseline)")
     g.add_argument("--eager", action="store_true", help="run the uncompiled graphs rebuilt from the artifact")
     g.set_defaults(func=run_generate)
@@ -29,10 +30,10 @@ def register(sub) -> None:
     v = sub.add_parser("verify-lossless", help="greedy speculative output vs greedy ar_step output, token for token")
     v.add_argument("artifact", type=utf8_text)
     v.add_argument("--prompts", required=True, type=utf8_text, help="JSONL file with a 'prompt' string per line")
-    v.add_argument("--max-new-tokens", type=at_least(1), default=64)
-    v.add_argument("--limit", type=at_least(1), default=None, help="use the first N prompts")
+    v.add_argument("--max-new-tokens", type=at_least(1, INT32_MAX), default=64)
+    v.add_argument("--limit", type=at_least(1, INT32_MAX), default=None, help="use the first N prompts")
     v.add_argument("--device", type=device, default=None, help="cpu, cuda or cuda:N (default: the artifact's)")
-    v.add_argument("--threads", type=at_least(1), default=1)
+    v.add_argument("--threads", type=at_least(1, THREADS_MAX), default=1)
     v.set_defaults(func=run_verify_lossless)
 
 

@@ -249,6 +249,9 @@ ARGS = [
     ("top-p-high", ["generate", "{art}", "x", "--top-p", "1.5"], "--top-p"),
     ("top-p-zero", ["generate", "{art}", "x", "--top-p", "0"], "--top-p"),
     ("top-k", ["generate", "{art}", "x", "--top-k", "-3"], "--top-k"),
+    ("top-k-overflow", ["generate", "{art}", "x", "--top-k", str(2**40)], "--top-k"),
+    ("seed-overflow", ["generate", "{art}", "x", "--seed", str(2**70)], "--seed"),
+    ("threads-huge", ["generate", "{art}", "x", "--threads", "100000"], "--threads"),
     ("stop-empty", ["generate", "{art}", "x", "--stop", ""], "--stop"),
     ("max-new-tokens", ["generate", "{art}", "x", "--max-new-tokens", "0"], "--max-new-tokens"),
     ("prompt-not-utf8", ["generate", "{art}", "bad \udcff prompt"], "prompt: not valid UTF-8"),
@@ -463,3 +466,23 @@ def test_sigterm_during_export_leaves_nothing(tmp_path, tiny_models):
     assert p.returncode == 143, err
     assert err.strip().splitlines()[-1] == "interrupted (SIGTERM)" and "Traceback" not in err, err
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink"])
+def test_force_replaces_a_file_or_symlink_and_leaves_nothing(kind, tmp_path):
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "data").write_text("kept")
+    dest = tmp_path / "model"
+    if kind == "file":
+        dest.write_text("old")
+    else:
+        dest.symlink_to(keep)
+    with pytest.raises(ArtifactError, match="already exists"):
+        with atomic_folder(dest):
+            pass
+    with atomic_folder(dest, force=True) as tmp:
+        (tmp / "f").write_text("new")
+    assert (dest / "f").read_text() == "new" and not dest.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep", "model"]
+    assert (keep / "data").read_text() == "kept"  # a symlink is replaced, never followed
