@@ -43,6 +43,20 @@ SEED_MAX = 2**64 - 1
 THREADS_MAX = 1024
 
 
+def int_list(lo: int = 1, hi: int | None = None) -> Callable[[str], list[int]]:
+    """A comma-separated, non-empty list of integers in [lo, hi], e.g. ``--budgets 8,16,32``."""
+    one = at_least(lo, hi)
+
+    def parse(text: str) -> list[int]:
+        parts = [p.strip() for p in text.split(",")]
+        if not text.strip() or any(not p for p in parts):
+            raise _bad(f"{text!r} is not a comma-separated list; expected e.g. 8,16,32")
+        return [one(p) for p in parts]
+
+    parse.__name__ = "comma-separated integers"
+    return parse
+
+
 def finite(lo: float = 0.0, *, strict: bool = False, hi: float | None = None) -> Callable[[str], float]:
     """A finite number >= ``lo`` (> ``lo`` when ``strict``), optionally <= ``hi``."""
     want = f"a finite number {'>' if strict else '>='} {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")

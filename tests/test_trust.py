@@ -486,3 +486,14 @@ def test_force_replaces_a_file_or_symlink_and_leaves_nothing(kind, tmp_path):
     assert (dest / "f").read_text() == "new" and not dest.is_symlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep", "model"]
     assert (keep / "data").read_text() == "kept"  # a symlink is replaced, never followed
+
+
+def test_int_list_validator():
+    import argparse
+
+    from jetspec_compile.validate import int_list
+
+    assert int_list(1)("8,16, 32") == [8, 16, 32]
+    for bad in ("", "8,,16", "0,8", "x", "8,nan"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            int_list(1)(bad)
