@@ -17,6 +17,11 @@ EXT = "pt2"
 ATTENTION_FORM = "op"  # the jetspec op stays one node; Inductor calls its CPU or CUDA kernel
 
 
+def native_linear(device: str) -> bool:
+    """On the CPU, linear layers run `jetspec::linear` over weights prepacked once at load time."""
+    return torch.device(device).type == "cpu"
+
+
 def check_available(device: str) -> None:
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise BackendUnavailableError("aoti on cuda: torch.cuda.is_available() is False on this machine")
@@ -31,7 +36,9 @@ def compile_graph(ep: torch.export.ExportedProgram, example_args: tuple, path: P
 
 
 def load_graph(path: Path, device: str, weights: dict[str, torch.Tensor]) -> Callable:
-    import jetspec_compile.ops  # noqa: F401  (the jetspec ops must be registered in the loading process)
+    """Load one graph over the shared ``weights`` (kept alive by the returned runner). The runner takes
+    the graph's flat tensor arguments and returns its flat list of outputs (no per-call pytree work)."""
+    from jetspec_compile.ops import prepack_linear_weights  # also registers the jetspec ops
 
     dev = torch.device(device)
     model = torch._inductor.aoti_load_package(str(path), device_index=dev.index if dev.index is not None else -1)
@@ -42,8 +49,11 @@ def load_graph(path: Path, device: str, weights: dict[str, torch.Tensor]) -> Cal
 
         raise ArtifactError(f"{path}: weights.safetensors lacks constants {missing[:5]}")
     model.load_constants({k: weights[k] for k in fqns}, check_full_update=True, user_managed=True)
+    if dev.type == "cpu":
+        prepack_linear_weights({k: weights[k] for k in fqns})  # idempotent: packed once per weight
+    boxed_run = model.loader.boxed_run
 
-    def run(*args):
-        return model(*args)
+    def run(*args, _keep_alive=weights):  # user-managed constants must outlive the graph
+        return boxed_run(list(args))
 
     return run

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -12,8 +13,9 @@ import torch
 
 from jetspec_compile.attention import attention_form
 from jetspec_compile.errors import JetSpecError
-from jetspec_compile.graphs import GRAPH_NAMES, SpecConfig, build_graphs, example_inputs
+from jetspec_compile.graphs import GRAPH_NAMES, SpecConfig, _static_tree, build_graphs, example_inputs
 from jetspec_compile.head import DraftHead
+from jetspec_compile.linear import native_linears
 from jetspec_compile.safetensors_io import save_safetensors
 from jetspec_compile.target import Target
 
@@ -70,23 +72,38 @@ def export_model(
     be.check_available(device)
     head.check_compatible(target)
     spec.validate(head)
+    full_depth = head.depth
+    if spec.tree == "static" and spec.static_tree is None:  # freeze the default topology at the full depth
+        spec = replace(spec, static_tree=_static_tree(spec, head).to_json())
+    head.set_depth(spec.reachable_depth(head))  # draft only the depths a tree can reach
+    try:
+        return _export(target, head, spec, Path(out), be, backend=backend, device=device, sampling=sampling,
+                       force=force, tokenizer_dir=tokenizer_dir, sources=sources, log=log, _fail_after=_fail_after,
+                       full_depth=full_depth)
+    finally:
+        head.set_depth(full_depth)
+
+
+def _export(target, head, spec, out, be, *, backend, device, sampling, force, tokenizer_dir, sources, log,
+            _fail_after, full_depth) -> dict:
     names = [n for n in GRAPH_NAMES if sampling or n != "verify_sample"]
     target.to(device).eval()
     head.to(device).eval()
     if target.is_moe:
         _static_experts(target)
     graphs = build_graphs(target, head, spec, names)
-    out = Path(out)
     t_start = time.perf_counter()
     report: dict[str, dict] = {}
+    native = getattr(be, "native_linear", lambda d: False)(device)
     log(f"exporting {len(names)} graphs with backend {backend} on {device} "
-        f"(B={spec.budget} D={head.depth} K={spec.topk} S={spec.max_seq_len} P={spec.prefill_chunk}, "
-        f"tree={spec.tree}) -> {out}")
+        f"(B={spec.budget} D={head.depth} of the head's {full_depth} K={spec.topk} S={spec.max_seq_len} "
+        f"P={spec.prefill_chunk}, tree={spec.tree}{', native linears' if native else ''}) -> {out}")
     with atomic_folder(out, force=force) as tmp:
         for i, name in enumerate(names, 1):
             args = example_inputs(name, target, head, spec, device)
             t0 = time.perf_counter()
-            ep = capture(graphs[name], args, be.ATTENTION_FORM)
+            with native_linears(target, head, enabled=native):
+                ep = capture(graphs[name], args, be.ATTENTION_FORM)
             t1 = time.perf_counter()
             log(f"  [{i}/{len(names)}] {name}: captured in {t1 - t0:.1f}s, compiling ({backend}) ...")
             path = tmp / f"{name}.{be.EXT}"
@@ -99,10 +116,9 @@ def export_model(
                 raise RuntimeError(f"injected failure after compiling {name}")
             size = path.stat().st_size
             log(f"  [{i}/{len(names)}] {name}: compiled in {t2 - t1:.1f}s ({_fmt_bytes(size)})")
-            n_ops = sum(1 for n in ep.graph.nodes
-                        if n.op == "call_function" and n.target == torch.ops.jetspec.tree_attention.default)
+            n_ops = _count_op(ep, "tree_attention")
             report[name] = dict(file=path.name, capture_s=round(t1 - t0, 3), compile_s=round(t2 - t1, 3),
-                                bytes=size, jetspec_ops=n_ops,
+                                bytes=size, jetspec_ops=n_ops, native_linears=_count_op(ep, "linear"),
                                 inputs=[str(getattr(a, "dtype", type(a))) + str(list(getattr(a, "shape", [])))
                                         for a in args], **meta)
         log("  writing weights and tokenizer ...")
@@ -124,7 +140,7 @@ def export_model(
             "target": {"config": json.loads(target.config.to_json_string()), "tap_layers": head.target_layer_ids,
                        "model_type": target.config.model_type, "num_layers": target.num_layers,
                        "moe_experts": getattr(target.config, "_experts_implementation", None) if target.is_moe else None},
-            "head": {"config": head.config_dict(), "depth": head.depth},
+            "head": {"config": head.config_dict(), "depth": head.depth, "block_depth": full_depth},
             "tokenizer": tok,
             "eos_token_ids": _eos_ids(target, tokenizer_dir),
             "sources": sources or {},
@@ -136,6 +152,11 @@ def export_model(
     log(f"done in {total:.1f}s: " + ", ".join(f"{n} {r['compile_s']:.0f}s/{_fmt_bytes(r['bytes'])}"
                                                for n, r in report.items()))
     return manifest
+
+
+def _count_op(ep: torch.export.ExportedProgram, name: str) -> int:
+    op = getattr(torch.ops.jetspec, name).default
+    return sum(1 for n in ep.graph.nodes if n.op == "call_function" and n.target == op)
 
 
 def _static_experts(target: Target) -> None:

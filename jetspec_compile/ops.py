@@ -12,9 +12,11 @@ Layouts (batch 1, heads first so GQA needs no repeated K/V):
   out      [T, Hq, hd] contiguous (the layout attention output has before o_proj)
 A query row that can see no key at all (cache_len 0 and an all-False mask row) returns zeros.
 
-`tree_attention_reference` is the reference (plain torch, fp32 softmax, written for clarity); the CPU
-kernel is torch's fused SDPA on the same inputs (tested equal); the CUDA kernel launches the Triton
-kernel of `jetspec_compile.kernels.tree_attention`.
+`tree_attention_reference` is the reference (plain torch, fp32 softmax, written for clarity). The op
+itself is defined in C++ (`csrc/tree_attention.cpp`): its CPU kernel is a native flash-attention loop
+(tested equal to the reference) that compiled graphs call without the Python interpreter; its CUDA
+kernel launches the Triton kernel of `jetspec_compile.kernels.tree_attention`. `tree_attention_cpu`
+(torch's fused SDPA over a copied prefix) is the previous CPU kernel, kept as a benchmark baseline.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .native import load_native
 
 __all__ = ["tree_attention", "tree_attention_cpu", "tree_attention_dense", "tree_attention_reference"]
 
@@ -119,30 +123,33 @@ def tree_attention_cpu(
     return out.transpose(0, 1).contiguous()
 
 
-@torch.library.custom_op("jetspec::tree_attention", mutates_args=())
-def tree_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    k_cache: Tensor,
-    v_cache: Tensor,
-    cache_len: Tensor,
-    mask: Tensor,
-    scale: float,
-) -> Tensor:
-    """Tree attention (see module docstring); this default kernel is the CPU one."""
-    return tree_attention_cpu(q, k, v, k_cache, v_cache, cache_len, mask, scale)
+# The schema and the CPU kernel are defined in C++ (csrc/tree_attention.cpp, built once per machine), so
+# compiled graphs call the kernel without the Python interpreter; CUDA runs the Triton kernel.
+load_native()
+tree_attention = torch.ops.jetspec.tree_attention
 
 
-@tree_attention.register_kernel("cuda")
+@torch.library.register_kernel("jetspec::tree_attention", "cuda")
 def _(q, k, v, k_cache, v_cache, cache_len, mask, scale):
     from .kernels.tree_attention import triton_tree_attention  # imports Triton only when CUDA runs
 
     return triton_tree_attention(q, k, v, k_cache, v_cache, cache_len, mask, scale)
 
 
-@tree_attention.register_fake
+@torch.library.register_fake("jetspec::tree_attention")
 def _(q, k, v, k_cache, v_cache, cache_len, mask, scale):
     hq, t, hd = q.shape
     # Exactly what both kernels return: a fresh contiguous [T, Hq, hd] tensor (PITFALLS #2).
     return q.new_empty((t, hq, hd))
+
+
+@torch.library.register_fake("jetspec::linear")
+def _(x, w, b=None):
+    return x.new_empty((*x.shape[:-1], w.shape[0]))
+
+
+def prepack_linear_weights(weights: dict[str, Tensor]) -> int:
+    """Register every 2-D CPU weight with the native `jetspec::linear` (packed once for oneDNN's GEMM,
+    shared by every graph that reads it). Returns how many were packed."""
+    return sum(int(torch.ops.jetspec.prepack_linear(w)) for w in weights.values()
+               if w.dim() == 2 and w.device.type == "cpu")

@@ -1,0 +1,89 @@
+"""Speed 1: what a round no longer computes, and the native linear layer.
+
+* Drafting only reachable depths: a dynamic tree of B nodes with K children per expansion is at most
+  ceil((B-1)/K) deep, so the tree built from the pruned draft equals the one built from every depth.
+* `jetspec::linear` equals `F.linear` with and without a registered (prepacked) weight; a weight modified
+  in place is re-packed, a freed one forgotten.
+* The aoti artifact's graphs call the native linear and record the pruned depth in the manifest.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from jetspec_compile.graphs import SpecConfig
+from jetspec_compile.linear import NativeLinear, native_linears
+from jetspec_compile.tree import build_tree
+
+
+@pytest.mark.parametrize("B,K", [(1, 7), (2, 7), (8, 7), (16, 7), (16, 3), (64, 7), (128, 2), (64, 1)])
+def test_pruned_depth_builds_the_same_tree(B, K):
+    D = 15
+    g = torch.Generator().manual_seed(B * 10 + K)
+    tok = torch.randint(0, 50, (D, K), generator=g)
+    lp = torch.log_softmax(torch.randn(D, K, generator=g), -1).sort(dim=-1, descending=True).values
+    d = max(1, min(D, math.ceil((B - 1) / K)))
+    full = build_tree(torch.tensor([3]), tok, lp, B)
+    pruned = build_tree(torch.tensor([3]), tok[:d], lp[:d], B)
+    for name in ("tokens", "parents", "depth", "mask", "score"):
+        assert torch.equal(getattr(full, name), getattr(pruned, name)), name
+    assert int(full.depth.max()) <= d
+
+
+def test_reachable_depth(tiny_models):
+    _, head, _ = tiny_models  # block 6: D = 5
+    assert SpecConfig(budget=16, topk=7).reachable_depth(head) == 3
+    assert SpecConfig(budget=64, topk=7).reachable_depth(head) == 5
+    assert SpecConfig(budget=1, topk=7).reachable_depth(head) == 1
+    static = SpecConfig(budget=4, topk=2, tree="static",
+                        static_tree={"paths": [[0], [0, 0], [0, 0, 0]], "budget": 4})
+    assert static.reachable_depth(head) == 3
+
+
+@pytest.mark.parametrize("m", [1, 3, 16])
+def test_native_linear_equals_linear(m):
+    w = torch.randn(96, 64)
+    x = torch.randn(m, 64)
+    ref = F.linear(x, w)
+    torch.testing.assert_close(torch.ops.jetspec.linear(x, w), ref)  # unregistered: at::linear itself
+    assert torch.ops.jetspec.prepack_linear(w) == 1
+    torch.testing.assert_close(torch.ops.jetspec.linear(x, w), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.ops.jetspec.linear(x.reshape(1, m, 64), w), ref.reshape(1, m, 96),
+                               rtol=1e-5, atol=1e-5)
+    w.mul_(-2.0)  # modified in place: re-packed, never served stale
+    torch.testing.assert_close(torch.ops.jetspec.linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5)
+    before = torch.ops.jetspec.registered_linear_weights()
+    del w
+    gc.collect()
+    assert torch.ops.jetspec.registered_linear_weights() == before - 1  # freed: forgotten
+
+
+def test_native_linear_opcheck():
+    torch.library.opcheck(torch.ops.jetspec.linear.default, (torch.randn(3, 32), torch.randn(48, 32), None))
+    torch.library.opcheck(torch.ops.jetspec.linear.default, (torch.randn(3, 32), torch.randn(48, 32),
+                                                             torch.randn(48)))
+
+
+def test_native_linears_swaps_and_restores():
+    m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    x = torch.randn(2, 8)
+    ref = m(x)
+    with native_linears(m) as n:
+        assert n == 2 and type(m[0]) is NativeLinear
+        torch.testing.assert_close(m(x), ref)
+    assert type(m[0]) is torch.nn.Linear and type(m[2]) is torch.nn.Linear
+
+
+def test_aoti_artifact_is_native_and_pruned(aoti_artifact):
+    from jetspec_compile.export.artifact import read_manifest
+
+    m = read_manifest(aoti_artifact)
+    assert m["head"]["block_depth"] == 5 and m["shapes"]["depth"] == m["head"]["depth"] == 5  # B=16, K=3 -> 5
+    for name, g in m["graphs"].items():
+        assert g["native_linears"] > 0, name  # every graph's linears run the prepacked native GEMM
+        assert g["jetspec_ops"] > 0, name
