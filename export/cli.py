@@ -24,6 +24,8 @@ def register(sub) -> None:
     p.add_argument("--depth", type=at_least(1), default=None,
                    help="D: drafted depths (default: the head's block size - 1)")
     p.add_argument("--topk", type=at_least(1), default=7, help="K: candidates per depth")
+    p.add_argument("--lookup", type=at_least(0, 64), default=0,
+                   help="L: prompt-lookup chain tokens verified with the head's tree each round (0 = off)")
     p.add_argument("--max-seq-len", type=at_least(1), default=2048, help="S: KV cache rows")
     p.add_argument("--prefill-chunk", type=at_least(1), default=128, help="P: prompt tokens per prefill call")
     p.add_argument("--tree", default="dynamic", choices=("dynamic", "static"))
@@ -74,7 +76,7 @@ def run_export(args: argparse.Namespace) -> int:
         static = calibrate_static_tree(stats, args.budget, depth=head.depth, topk=args.topk).to_json()
         print(f"static tree calibrated from {stats}", flush=True)
     spec = SpecConfig(budget=args.budget, topk=args.topk, max_seq_len=args.max_seq_len,
-                      prefill_chunk=args.prefill_chunk, tree=args.tree, static_tree=static)
+                      prefill_chunk=args.prefill_chunk, tree=args.tree, static_tree=static, lookup=args.lookup)
     out = Path(args.out) if args.out else Path("artifacts") / f"{name}-{args.backend}-b{args.budget}"
     export_model(target, head, spec, out, backend=args.backend, device=args.device, sampling=not args.no_sampling,
                  force=args.force, tokenizer_dir=target_dir,

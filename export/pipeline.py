@@ -70,6 +70,9 @@ def export_model(
     """Capture and compile the graphs into the artifact folder ``out`` (atomically). Returns the manifest."""
     be = get_backend(backend)
     be.check_available(device)
+    if spec.lookup and backend == "onnx":
+        raise JetSpecError("--lookup is not supported by the onnx backend yet (its runner binds the draft graph's "
+                           "inputs by the plain draft signature); export with --lookup 0 or use aoti")
     head.check_compatible(target)
     spec.validate(head)
     full_depth = head.depth
@@ -135,6 +138,7 @@ def _export(target, head, spec, out, be, *, backend, device, sampling, force, to
                        "max_seq_len": spec.max_seq_len, "prefill_chunk": spec.prefill_chunk},
             "tree": {"policy": spec.tree, "static": graphs["draft"].static.to_json() if graphs["draft"].static else None},
             "sampling": sampling,
+            "lookup": {"length": spec.lookup},
             "graphs": report,
             "weights": WEIGHTS,
             "target": {"config": json.loads(target.config.to_json_string()), "tap_layers": head.target_layer_ids,

@@ -8,6 +8,7 @@ reading the a+1 committed tokens (needed to emit them and to stop on EOS).
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping, Sequence
@@ -46,6 +47,7 @@ class Stats:
     commit_s: float = 0.0
     host_s: float = 0.0
     total_s: float = 0.0
+    lookup_rounds: int = 0  # rounds whose accepted drafted tokens were all proposed by the lookup chain
     round_s: list[float] = field(default_factory=list)
     # per-round seconds of each stage (same order as round_s): keys draft, verify, host, commit
     stage_s: dict[str, list[float]] = field(default_factory=lambda: {"draft": [], "verify": [], "host": [],
@@ -55,6 +57,24 @@ class Stats:
     def tau(self) -> float:
         """Mean tokens committed per round (accepted + bonus)."""
         return sum(self.accepted) / len(self.accepted) if self.accepted else 0.0
+
+    def accept_histogram(self) -> dict[int, int]:
+        """Rounds per number of tokens committed (accepted drafted tokens + the bonus token)."""
+        h: dict[int, int] = {}
+        for n in self.accepted:
+            h[n] = h.get(n, 0) + 1
+        return dict(sorted(h.items()))
+
+    def depth_acceptance(self) -> list[float]:
+        """Per depth d = 1, 2, ...: P(the round accepted a drafted token at depth d | it reached depth d - 1)."""
+        out, reached = [], len(self.accepted)
+        for d in range(1, max(self.accepted, default=1)):
+            hit = sum(1 for n in self.accepted if n - 1 >= d)
+            if reached == 0:
+                break
+            out.append(hit / reached)
+            reached = hit
+        return out
 
     @property
     def decode_s(self) -> float:
@@ -72,8 +92,49 @@ class Stats:
 
     def as_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k not in ("round_s", "stage_s")}
-        d.update(tau=self.tau, tokens_per_s=self.tokens_per_s, decode_s=self.decode_s)
+        d.update(tau=self.tau, tokens_per_s=self.tokens_per_s, decode_s=self.decode_s,
+                 accept_histogram=self.accept_histogram(), depth_acceptance=self.depth_acceptance())
         return d
+
+
+class _Lookup:
+    """The host side of the prompt-lookup branch: an n-gram index over prompt + committed tokens, proposing
+    each round the L tokens that followed the latest earlier occurrence of the sequence's suffix."""
+
+    def __init__(self, prompt: Sequence[int], length: int, device: torch.device):
+        from .lookup import NgramIndex
+
+        self.index = NgramIndex()
+        self.index.extend([int(t) for t in prompt])
+        self.length = length
+        self.chain = torch.zeros(length, dtype=torch.int64, device=device)
+        self.chain_len = torch.zeros(1, dtype=torch.int64, device=device)
+        self.last: list[int] = []
+
+    def propose(self) -> tuple[Tensor, Tensor]:
+        self.last = self.index.propose(self.length)
+        n = len(self.last)
+        self.chain.zero_()
+        if n:
+            self.chain[:n] = torch.tensor(self.last, dtype=torch.int64)
+        self.chain_len.fill_(n)
+        return self.chain, self.chain_len
+
+    def covered(self, committed: list[int]) -> int:
+        """1 when the round accepted at least one drafted token and the lookup chain proposed them all."""
+        a = len(committed) - 1
+        return int(a > 0 and self.last[:a] == committed[:a])
+
+    def extend(self, committed: list[int]) -> None:
+        self.index.extend(committed)
+
+
+def _pause_gc() -> bool:
+    """No garbage-collector passes inside the decode loop (a round allocates only short-lived tensors, freed
+    by reference counting); returns whether collection was on, to re-enable it when the loop ends."""
+    on = gc.isenabled()
+    gc.disable()
+    return on
 
 
 class Decoder:
@@ -81,10 +142,11 @@ class Decoder:
 
     def __init__(self, graphs: Mapping[str, Callable], *, budget: int, topk: int, max_seq_len: int,
                  prefill_chunk: int, dims: CacheDims, device: torch.device | str = "cpu",
-                 sync: Callable[[], None] | None = None):
+                 sync: Callable[[], None] | None = None, lookup: int = 0):
         self.graphs = graphs
         self.B, self.K, self.S, self.P = budget, topk, max_seq_len, prefill_chunk
-        self.D = dims.depth
+        self.L = int(lookup)  # prompt-lookup chain nodes per round (0: off); verify sees B + L nodes
+        self.D = max(dims.depth, self.L)  # tokens a round can accept
         self.dims = dims
         self.device = torch.device(device)
         self.sync = sync or (torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None))
@@ -112,10 +174,10 @@ class Decoder:
     def check_prompt(self, prompt: Sequence[int]) -> None:
         if len(prompt) < 1:
             raise JetSpecError("prompt is empty (expected at least one token)")
-        limit = self.S - self.B
+        limit = self.S - self.B - self.L
         if len(prompt) > limit:
             raise JetSpecError(f"prompt has {len(prompt)} tokens; this model's max_seq_len {self.S} minus budget "
-                               f"{self.B} allows at most {limit}")
+                               f"{self.B + self.L} allows at most {limit}")
 
     def prefill(self, prompt: Sequence[int], with_context: bool = True) -> int:
         """Cache every prompt token but the last (the first anchor). Returns the cache length."""
@@ -154,6 +216,8 @@ class Decoder:
                     torch.tensor([int(top_k or 0)], device=self.device),
                     torch.tensor([float(top_p if top_p is not None else 1.0)], device=self.device))
         emitted = 0
+        lookup = _Lookup(prompt, self.L, self.device) if self.L else None
+        gc_on = _pause_gc()
         try:
             while True:
                 if emitted >= max_new_tokens:
@@ -164,11 +228,12 @@ class Decoder:
                     return
                 r0 = time.perf_counter()
                 cl = self._cache_len(L)
-                tree = self.graphs["draft"](anchor, cl, self.ctx_k, self.ctx_v)
+                chain = lookup.propose() if lookup else ()
+                tree = self.graphs["draft"](anchor, cl, self.ctx_k, self.ctx_v, *chain)
                 tokens, parents, depth, mask = tree[:4]
                 r1 = time.perf_counter()
                 if sampling:
-                    u = torch.rand(self.B, generator=gen).to(self.device)
+                    u = torch.rand(self.B + self.L, generator=gen).to(self.device)
                     out = self.graphs["verify_sample"](tokens, parents, depth, mask, cl, self.k_cache, self.v_cache,
                                                        *samp, u)
                 else:
@@ -184,6 +249,9 @@ class Decoder:
                 r4 = time.perf_counter()
                 st.rounds += 1
                 st.accepted.append(a + 1)
+                if lookup:
+                    st.lookup_rounds += lookup.covered(committed)
+                    lookup.extend(committed)
                 keep = committed[: max_new_tokens - emitted]
                 hit = next((i for i, t in enumerate(keep) if t in eos), None)
                 if hit is not None:
@@ -197,6 +265,8 @@ class Decoder:
                     return
         finally:
             st.total_s = time.perf_counter() - t0
+            if gc_on:
+                gc.enable()
 
     def autoregressive(self, prompt: Sequence[int], max_new_tokens: int, *, temperature: float = 0.0,
                        top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
@@ -215,6 +285,7 @@ class Decoder:
         eos = set(int(e) for e in eos_token_ids)
         gen = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % (2**63))
         emitted = 0
+        gc_on = _pause_gc()
         try:
             while True:
                 if emitted >= max_new_tokens:
@@ -248,3 +319,5 @@ class Decoder:
                     return
         finally:
             st.total_s = time.perf_counter() - t0
+            if gc_on:
+                gc.enable()

@@ -31,6 +31,7 @@ from .accept import accept, greedy_tokens, sample_tokens
 from .attention import CacheAttention, causal_mask
 from .errors import JetSpecError
 from .head import DraftHead
+from .lookup import attach_chain
 from .target import Target
 from .tree import StaticTree, Tree, build_tree, default_static_tree
 
@@ -47,6 +48,7 @@ class SpecConfig:
     prefill_chunk: int = 128  # P
     tree: str = "dynamic"  # "dynamic" | "static"
     static_tree: dict | None = field(default=None)  # StaticTree.to_json() when tree == "static"
+    lookup: int = 0  # L: prompt-lookup chain nodes verified with the tree (B + L nodes per round; 0 = off)
 
     def validate(self, head: DraftHead) -> None:
         if self.tree not in ("dynamic", "static"):
@@ -54,9 +56,12 @@ class SpecConfig:
         for name in ("budget", "topk", "max_seq_len", "prefill_chunk"):
             if int(getattr(self, name)) < 1:
                 raise JetSpecError(f"{name} is {getattr(self, name)}; expected >= 1")
-        if self.max_seq_len < self.budget + head.depth + 2:
-            raise JetSpecError(f"max_seq_len {self.max_seq_len} is too small for budget {self.budget} and depth "
-                               f"{head.depth} (expected >= {self.budget + head.depth + 2})")
+        if not 0 <= int(self.lookup) <= 64:
+            raise JetSpecError(f"lookup is {self.lookup}; expected 0 (off) to 64 chain tokens")
+        need = self.budget + self.lookup + max(head.depth, self.lookup) + 2
+        if self.max_seq_len < need:
+            raise JetSpecError(f"max_seq_len {self.max_seq_len} is too small for budget {self.budget}, lookup "
+                               f"{self.lookup} and depth {head.depth} (expected >= {need})")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,7 +97,8 @@ class _Graph(nn.Module):
 
     @property
     def depth(self) -> int:
-        return self.head.depth
+        """Accepted tokens per round at most: the head's drafted depths, or the lookup chain's length."""
+        return max(self.head.depth, self.spec.lookup)
 
 
 class Prefill(_Graph):
@@ -117,17 +123,30 @@ class Draft(_Graph):
             self.register_buffer("tree_mask", mask, persistent=False)
 
     def forward(self, anchor: Tensor, cache_len: Tensor, ctx_k: Tensor, ctx_v: Tensor):
+        tree = self.head_tree(anchor, cache_len, ctx_k, ctx_v)
+        return tree.tokens, tree.parents, tree.depth, tree.mask, tree.score
+
+    def head_tree(self, anchor: Tensor, cache_len: Tensor, ctx_k: Tensor, ctx_v: Tensor) -> Tree:
         logits = self.head.block_logits(self.target, anchor, ctx_k, ctx_v, cache_len)  # [D, V]
         logp = torch.log_softmax(logits.float(), dim=-1)
         top = torch.topk(logp, self.spec.topk, dim=-1)
-        tree = self.make_tree(anchor, top.indices, top.values)
-        return tree.tokens, tree.parents, tree.depth, tree.mask, tree.score
+        return self.make_tree(anchor, top.indices, top.values)
 
     def make_tree(self, anchor: Tensor, topk_tokens: Tensor, topk_logprobs: Tensor) -> Tree:
         if self.static is None:
             return build_tree(anchor, topk_tokens, topk_logprobs, self.spec.budget)
         topo = (self.tree_parents, self.tree_depth, self.tree_rank, self.tree_mask)
         return self.static.materialize(anchor, topk_tokens, topk_logprobs, topo)
+
+
+class DraftLookup(Draft):
+    """The draft with a prompt-lookup chain (tokens[L], its length[1], found by the runtime's n-gram index)
+    attached under the root: a tree of B + L nodes, merged where the chain repeats a path of the head's tree."""
+
+    def forward(self, anchor: Tensor, cache_len: Tensor, ctx_k: Tensor, ctx_v: Tensor, chain: Tensor,
+                chain_len: Tensor):
+        tree = attach_chain(self.head_tree(anchor, cache_len, ctx_k, ctx_v), chain, chain_len)
+        return tree.tokens, tree.parents, tree.depth, tree.mask, tree.score
 
 
 class Verify(_Graph):
@@ -173,7 +192,8 @@ GRAPH_CLASSES = {"prefill": Prefill, "draft": Draft, "verify": Verify, "verify_s
 def build_graphs(target: Target, head: DraftHead, spec: SpecConfig, names=GRAPH_NAMES) -> dict[str, _Graph]:
     head.check_compatible(target)
     spec.validate(head)
-    return {n: GRAPH_CLASSES[n](target, head, spec).eval() for n in names}
+    classes = dict(GRAPH_CLASSES, draft=DraftLookup) if spec.lookup else GRAPH_CLASSES
+    return {n: classes[n](target, head, spec).eval() for n in names}
 
 
 def example_inputs(name: str, target: Target, head: DraftHead, spec: SpecConfig, device=None) -> tuple:
@@ -187,9 +207,13 @@ def example_inputs(name: str, target: Target, head: DraftHead, spec: SpecConfig,
     if name == "prefill":
         return (torch.zeros(P, **i64), L, kc, kc.clone())
     if name == "draft":
-        return (torch.zeros(1, **i64), L, cc, cc.clone())
+        chain = (torch.zeros(spec.lookup, **i64), torch.tensor([1], **i64)) if spec.lookup else ()
+        return (torch.zeros(1, **i64), L, cc, cc.clone()) + chain
     tree = build_tree(torch.zeros(1, **i64), torch.zeros(D, spec.topk, **i64),
                       torch.zeros(D, spec.topk, device=dev), B)
+    if spec.lookup:
+        tree = attach_chain(tree, torch.zeros(spec.lookup, **i64), torch.tensor([0], **i64))
+        B = B + spec.lookup
     base = (tree.tokens, tree.parents, tree.depth, tree.mask, L, kc, kc.clone())
     if name == "verify":
         return base

@@ -48,18 +48,19 @@ def _ids(input_ids: Tensor | Sequence[int]) -> list[int]:
 def eager_decoder(target: Target, head: DraftHead, spec: SpecConfig, names=None) -> Decoder:
     graphs = build_graphs(target, head, spec, names) if names else build_graphs(target, head, spec)
     return Decoder(EagerGraphs(graphs), budget=spec.budget, topk=spec.topk, max_seq_len=spec.max_seq_len,
-                   prefill_chunk=spec.prefill_chunk, dims=cache_dims(target, head), device=target.device)
+                   prefill_chunk=spec.prefill_chunk, dims=cache_dims(target, head), device=target.device,
+                   lookup=spec.lookup)
 
 
 def _spec(head: DraftHead, n_prompt: int, max_new_tokens: int, budget: int, topk: int, tree, max_seq_len,
-          prefill_chunk: int) -> SpecConfig:
+          prefill_chunk: int, lookup: int = 0) -> SpecConfig:
     static = None
     if isinstance(tree, StaticTree):
         static, tree = tree.to_json(), "static"
         budget = int(static["budget"])
-    S = max_seq_len or (n_prompt + max_new_tokens + head.depth + budget + 2)
+    S = max_seq_len or (n_prompt + max_new_tokens + max(head.depth, lookup) + budget + lookup + 2)
     return SpecConfig(budget=budget, topk=topk, max_seq_len=S, prefill_chunk=prefill_chunk, tree=tree,
-                      static_tree=static)
+                      static_tree=static, lookup=lookup)
 
 
 def speculative_generate(
@@ -78,16 +79,18 @@ def speculative_generate(
     seed: int | None = None,
     max_seq_len: int | None = None,
     prefill_chunk: int = 64,
+    lookup: int = 0,
 ) -> tuple[list[int], Stats]:
     """Generate up to ``max_new_tokens`` after ``input_ids`` with JetSpec speculative decoding (eager).
 
     Greedy (temperature 0) output equals the target's greedy decoding token for token; with
     temperature > 0 every token is an exact sample of the (top-k / top-p filtered) target distribution.
-    ``tree`` is "dynamic", "static" (default uncalibrated topology) or a StaticTree. Returns the new
+    ``tree`` is "dynamic", "static" (default uncalibrated topology) or a StaticTree; ``lookup`` > 0 adds a
+    prompt-lookup chain of that many tokens to every round's tree. Returns the new
     tokens and Stats (rounds, tokens committed per round, tau, per-stage seconds, finish_reason).
     """
     ids = _ids(input_ids)
-    spec = _spec(head, len(ids), max_new_tokens, budget, topk, tree, max_seq_len, prefill_chunk)
+    spec = _spec(head, len(ids), max_new_tokens, budget, topk, tree, max_seq_len, prefill_chunk, lookup)
     names = ("prefill", "draft", "verify_sample" if temperature > 0 else "verify")
     dec = eager_decoder(target, head, spec, names)
     stats = Stats()

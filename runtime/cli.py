@@ -24,6 +24,8 @@ def register(sub) -> None:
     g.add_argument("--device", type=device, default=None, help="cpu, cuda or cuda:N (default: the artifact's)")
     g.add_argument("--threads", type=at_least(1, THREADS_MAX), default=1, help="torch CPU threads (default 1)")
     g.add_argument("--ar", action="store_true", help="plain decoding with the ar_step graph (the baseline)")
+    g.add_argument("--compare", action="store_true",
+                   help="after the speculative run, decode the same prompt with ar_step and print both tokens/s")
     g.add_argument("--eager", action="store_true", help="run the uncompiled graphs rebuilt from the artifact")
     g.set_defaults(func=run_generate)
 
@@ -56,6 +58,15 @@ def run_generate(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     sys.stdout.write("\n")
     print(format_stats(engine.last_stats), file=sys.stderr)
+    if args.compare and not args.ar:
+        spec = engine.last_stats
+        kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop)
+        engine.generate(args.prompt, args.max_new_tokens, speculative=False, **kw)
+        ar = engine.last_stats
+        print(format_stats(ar), file=sys.stderr)
+        print(f"compare: speculative {spec.tokens_per_s:.1f} tok/s vs ar_step {ar.tokens_per_s:.1f} tok/s: "
+              f"{spec.tokens_per_s / max(ar.tokens_per_s, 1e-9):.2f}x (decode only, same prompt and artifact)",
+              file=sys.stderr)
     return 0
 
 

@@ -66,7 +66,7 @@ class Engine:
             depth=int(shapes["depth"]), dtype=_DTYPES[manifest["dtype"]])
         self.decoder = Decoder(graphs, budget=shapes["budget"], topk=shapes["topk"],
                                max_seq_len=shapes["max_seq_len"], prefill_chunk=shapes["prefill_chunk"],
-                               dims=dims, device=device)
+                               dims=dims, device=device, lookup=int((manifest.get("lookup") or {}).get("length", 0)))
         self.eos_token_ids: list[int] = list(manifest.get("eos_token_ids") or [])
         self.tokenizer = None
         tok = manifest.get("tokenizer")
@@ -195,7 +195,8 @@ def eager_models(folder: Path, manifest: dict, weights: dict, device: torch.devi
     shapes = manifest["shapes"]
     spec = SpecConfig(budget=shapes["budget"], topk=shapes["topk"], max_seq_len=shapes["max_seq_len"],
                       prefill_chunk=shapes["prefill_chunk"], tree=manifest["tree"]["policy"],
-                      static_tree=manifest["tree"]["static"])
+                      static_tree=manifest["tree"]["static"],
+                      lookup=int((manifest.get("lookup") or {}).get("length", 0)))
     return target, head, spec
 
 

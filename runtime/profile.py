@@ -40,6 +40,7 @@ from jetspec_compile.errors import JetSpecError
 
 STAGES = ("draft", "verify", "host", "commit")
 SWEEP_GRAPHS = ("draft", "verify")  # the budget-dependent graphs a greedy profile needs
+HF_LOOKUP = 10  # prompt_lookup_num_tokens of the Hugging Face prompt-lookup baseline (its usual setting)
 SWEEP_META = "sweep.json"
 DEFAULT_BUDGETS = (8, 16, 32, 64, 128)
 
@@ -134,6 +135,7 @@ class SweepGraphs:
     capture_s: dict = field(default_factory=dict)
     compile_s: dict = field(default_factory=dict)
     note: str | None = None
+    depth: int = 0
 
     @property
     def build_s(self) -> float:
@@ -153,13 +155,19 @@ def build_sweep(manifest: dict, target, head, base_spec, budget: int, folder: Pa
     from jetspec_compile.export.pipeline import capture, get_backend, graph_weights
     from jetspec_compile.graphs import GRAPH_CLASSES, build_graphs, example_inputs
 
+    from jetspec_compile.linear import native_linears
+
     backend_name = manifest["backend"]
     be = get_backend(backend_name)
+    head.set_depth(int(manifest["head"].get("block_depth", head.depth)))
     spec, note = sweep_spec(manifest, base_spec, head, budget)
+    head.set_depth(spec.reachable_depth(head))  # as export does: draft only the depths this budget reaches
+    native = getattr(be, "native_linear", lambda d: False)(str(device))
     modules = build_graphs(target, head, spec, SWEEP_GRAPHS)
     files = {n: f"{n}.{be.EXT}" for n in SWEEP_GRAPHS}
     key = {"artifact_key": artifact_key(manifest), "budget": budget, "backend": backend_name,
-           "device": str(device), "spec": spec.to_dict(), "torch": library_versions().get("torch")}
+           "device": str(device), "spec": spec.to_dict(), "torch": library_versions().get("torch"),
+           "depth": head.depth, "native_linear": native}
     meta_path = folder / SWEEP_META
     cached = False
     if meta_path.is_file():
@@ -179,7 +187,8 @@ def build_sweep(manifest: dict, target, head, base_spec, budget: int, folder: Pa
                 args = example_inputs(name, target, head, spec, device)
                 log(f"[budget {budget}] compiling {name} ({backend_name}) [{i}/{len(SWEEP_GRAPHS)}] ...")
                 t0 = time.perf_counter()
-                ep = capture(modules[name], args, be.ATTENTION_FORM)
+                with native_linears(target, head, enabled=native):
+                    ep = capture(modules[name], args, be.ATTENTION_FORM)
                 t1 = time.perf_counter()
                 be.compile_graph(ep, args, tmp / files[name], str(device))
                 t2 = time.perf_counter()
@@ -198,7 +207,7 @@ def build_sweep(manifest: dict, target, head, base_spec, budget: int, folder: Pa
 
             kwargs["input_names"] = forward_arg_names(GRAPH_CLASSES[name])
         graphs[name] = be.load_graph(folder / files[name], str(device), weights, **kwargs)
-    return SweepGraphs(budget, folder, graphs, cached, capture_s, compile_s, note)
+    return SweepGraphs(budget, folder, graphs, cached, capture_s, compile_s, note, head.depth)
 
 
 # ---- measurement ------------------------------------------------------------------------------------------
@@ -257,15 +266,17 @@ class _FirstToken:
         pass
 
 
-def hf_generate(model, ids: list[int], max_new_tokens: int, eos: list[int], pad: int | None):
-    """Greedy Hugging Face generate(); returns (new tokens, total seconds, seconds to the first new token)."""
+def hf_generate(model, ids: list[int], max_new_tokens: int, eos: list[int], pad: int | None, lookup: int = 0):
+    """Greedy Hugging Face generate() (with ``lookup`` > 0: prompt-lookup decoding proposing that many tokens);
+    returns (new tokens, total seconds, seconds to the first new token)."""
     from transformers import GenerationConfig
 
     dev = next(model.parameters()).device
     x = torch.tensor([ids], dtype=torch.int64, device=dev)
     gc = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                           eos_token_id=list(eos) if eos else None,
-                          pad_token_id=pad if pad is not None else (eos[0] if eos else 0))
+                          pad_token_id=pad if pad is not None else (eos[0] if eos else 0),
+                          **({"prompt_lookup_num_tokens": lookup} if lookup else {}))
     streamer = _FirstToken()
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     sync()
@@ -378,7 +389,7 @@ def profile_artifact(artifact: str | Path, prompts: Sequence[str | Sequence[int]
         sw = build_sweep(manifest, target, head, base_spec, b, sweep_root / f"b{b}", dev, log)
         sweep[b] = sw
         dec = Decoder({**shared, **sw.graphs}, budget=b, topk=base_dec.K, max_seq_len=base_dec.S,
-                      prefill_chunk=base_dec.P, dims=base_dec.dims, device=dev)
+                      prefill_chunk=base_dec.P, dims=replace(base_dec.dims, depth=sw.depth), device=dev)
         dec.k_cache, dec.v_cache, dec.ctx_k, dec.ctx_v = base_dec.k_cache, base_dec.v_cache, base_dec.ctx_k, base_dec.ctx_v
         decoders[b] = dec
     if dev.type == "cuda":  # per-stage times on a GPU need a sync after each graph call
@@ -405,9 +416,11 @@ def profile_artifact(artifact: str | Path, prompts: Sequence[str | Sequence[int]
         run_engine(decoders[b], w, min(8, max_new_tokens), True)
     if hf_model is not None:
         hf_generate(hf_model, w, min(8, max_new_tokens), eos, pad)
+        hf_generate(hf_model, w, min(8, max_new_tokens), eos, pad, lookup=HF_LOOKUP)
 
     ar_runs: list[_Run] = []
     hf_runs: list[_Run] = []
+    pld_runs: list[_Run] = []
     spec_runs: dict[int, list[_Run]] = {b: [] for b in budgets}
     stage_s: dict[int, dict[str, list[float]]] = {b: {k: [] for k in STAGES} for b in budgets}
     round_total_s: dict[int, list[float]] = {b: [] for b in budgets}
@@ -441,6 +454,14 @@ def profile_artifact(artifact: str | Path, prompts: Sequence[str | Sequence[int]
                 run.decode_s += total - first if len(toks) > 1 else total
             hf_runs.append(run)
             log(f"{tag} HF generate: {run.tokens_per_s:.1f} tok/s")
+            run = _Run()
+            for i, p in enumerate(ids):
+                toks, total, first = hf_generate(hf_model, p, max_new_tokens, eos, pad, lookup=HF_LOOKUP)
+                run.tokens += len(toks)
+                run.total_s += total
+                run.decode_s += total - first if len(toks) > 1 else total
+            pld_runs.append(run)
+            log(f"{tag} HF prompt lookup ({HF_LOOKUP}): {run.tokens_per_s:.1f} tok/s")
         for b in budgets:
             run = _Run()
             for i, p in enumerate(ids):
@@ -490,6 +511,7 @@ def profile_artifact(artifact: str | Path, prompts: Sequence[str | Sequence[int]
             "speedup_vs_hf": _median(ratios(runs, hf_runs, "tokens_per_s")) if hf_runs else None,
             "speedup_vs_hf_reps": ratios(runs, hf_runs, "tokens_per_s") if hf_runs else None,
             "decode_speedup_vs_hf": _median(ratios(runs, hf_runs, "decode_tokens_per_s")) if hf_runs else None,
+            "speedup_vs_hf_lookup": _median(ratios(runs, pld_runs, "tokens_per_s")) if pld_runs else None,
             "host_share": _median([x.host_share for x in runs]),
             "round_ms": 1e3 * decode_s / rounds if rounds else float("nan"),
             "stages_ms": {k: _stage_summary(stage_s[b][k]) for k in STAGES},
@@ -524,7 +546,9 @@ def profile_artifact(artifact: str | Path, prompts: Sequence[str | Sequence[int]
                      "stages": "per-round stage times; median and p90 over all rounds of all reps and prompts"},
         "baselines": {"ar_step": ar,
                       "hf_generate": ({**method_summary(hf_runs), "matches_ar_step_prompts": hf_match_ar}
-                                      if hf_runs else None)},
+                                      if hf_runs else None),
+                      "hf_prompt_lookup": ({**method_summary(pld_runs), "num_tokens": HF_LOOKUP}
+                                           if pld_runs else None)},
         "budgets": rows,
         "best": {"budget": best["budget"], "tokens_per_s": best["tokens_per_s"],
                  "speedup_vs_ar": best["speedup_vs_ar"]},
@@ -666,11 +690,13 @@ def write_plots(result: dict, out: Path) -> dict:
 def format_table(result: dict) -> str:
     """A plain-text table of the per-budget results."""
     hf = result["baselines"].get("hf_generate")
+    pld = result["baselines"].get("hf_prompt_lookup")
     ar = result["baselines"]["ar_step"]
     lines = [f"{result['artifact_name']}: {result['backend']} on {result['device']}, "
              f"{result['settings']['prompts']} prompts x {result['settings']['max_new_tokens']} new tokens, "
              f"{result['settings']['reps']} reps (medians), {result['settings']['threads']} thread(s)",
-             f"ar_step {ar['tokens_per_s']:.1f} tok/s" + (f", HF generate {hf['tokens_per_s']:.1f} tok/s" if hf else ""),
+             f"ar_step {ar['tokens_per_s']:.1f} tok/s" + (f", HF generate {hf['tokens_per_s']:.1f} tok/s" if hf else "")
+             + (f", HF prompt lookup {pld['tokens_per_s']:.1f} tok/s" if pld else ""),
              f"{'B':>5} {'tau':>5} {'tok/s':>8} {'xAR':>6} {'xHF':>6} {'draft':>13} {'verify':>13} {'host':>13} "
              f"{'commit':>13} {'host%':>6} {'compile':>8}",
              f"{'':>5} {'':>5} {'':>8} {'':>6} {'':>6} {'ms med/p90':>13} {'ms med/p90':>13} {'ms med/p90':>13} "
@@ -684,7 +710,9 @@ def format_table(result: dict) -> str:
                      f"{xhf:>6} {cell('draft'):>13} {cell('verify'):>13} {cell('host'):>13} {cell('commit'):>13} "
                      f"{100 * r['host_share']:>5.1f}% {comp:>8}")
     b = result["best"]
-    lines.append(f"best budget {b['budget']}: {b['tokens_per_s']:.1f} tok/s ({b['speedup_vs_ar']:.2f}x ar_step)")
+    best = next(r for r in result["budgets"] if r["budget"] == b["budget"])
+    vs_pld = f", {best['speedup_vs_hf_lookup']:.2f}x HF prompt lookup" if best.get("speedup_vs_hf_lookup") else ""
+    lines.append(f"best budget {b['budget']}: {b['tokens_per_s']:.1f} tok/s ({b['speedup_vs_ar']:.2f}x ar_step{vs_pld})")
     sw = result["sweep"]
     if sw["compiled"]:
         n = sum(1 for v in sw["compiled"].values() if not v["cached"])
