@@ -389,7 +389,7 @@ def profile_artifact(artifact: str | Path, prompts: Sequence[str | Sequence[int]
         sw = build_sweep(manifest, target, head, base_spec, b, sweep_root / f"b{b}", dev, log)
         sweep[b] = sw
         dec = Decoder({**shared, **sw.graphs}, budget=b, topk=base_dec.K, max_seq_len=base_dec.S,
-                      prefill_chunk=base_dec.P, dims=replace(base_dec.dims, depth=sw.depth), device=dev)
+                      prefill_chunk=base_dec.P, dims=replace(base_dec.dims, depth=sw.depth), device=dev, lookup=base_dec.L)
         dec.k_cache, dec.v_cache, dec.ctx_k, dec.ctx_v = base_dec.k_cache, base_dec.v_cache, base_dec.ctx_k, base_dec.ctx_v
         decoders[b] = dec
     if dev.type == "cuda":  # per-stage times on a GPU need a sync after each graph call

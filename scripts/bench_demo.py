@@ -38,6 +38,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backend", default="aoti", choices=("aoti", "onnx", "tensorrt"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--num-prompts", type=int, default=8, help="held-out files used as prompts")
+    p.add_argument("--prompt-set", default="code", choices=("code", "repeat"),
+                   help="code: the first --prompt-tokens tokens of held-out files; repeat: 'rewrite this code' "
+                        "prompts (a held-out snippet, a comment asking for the same code refactored, then its "
+                        "first lines again), text the model continues by copying")
+    p.add_argument("--lookup", type=int, default=0, help="with --force-export: prompt-lookup chain tokens L")
+    p.add_argument("--topk", type=int, default=7, help="with --force-export: K")
+    p.add_argument("--tree", default="dynamic", choices=("dynamic", "static"), help="with --force-export")
     p.add_argument("--prompt-tokens", type=int, default=200, help="tokens taken from the start of each file")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--reps", type=int, default=3)
@@ -71,6 +78,7 @@ def ensure_artifact(args) -> Path:
     print(f"exporting the demo to {art} ({args.backend}, B={args.budget}) ...", flush=True)
     t0 = time.perf_counter()
     rc = cli(["export", "--backend", args.backend, "--budget", str(args.budget), "--device", args.device,
+              "--topk", str(args.topk), "--tree", args.tree, "--lookup", str(args.lookup), "--no-sampling",
               "--out", str(art), "--force"])
     if rc != 0:
         sys.exit(rc)
@@ -109,6 +117,17 @@ def heldout_prompts(engine, n: int, prompt_tokens: int) -> tuple[list[list[int]]
     return prompts, names
 
 
+def repeat_prompts(engine, n: int, prompt_tokens: int) -> tuple[list[list[int]], list[str]]:
+    """'Rewrite this code' prompts: a held-out snippet, a request to refactor it, then its first third again."""
+    code, names = heldout_prompts(engine, n, prompt_tokens)
+    out = []
+    for ids in code:
+        text = engine.decode(ids)
+        head = engine.decode(ids[: len(ids) // 3])
+        out.append(engine.encode(f"{text}\n\n# The same code again, with one name changed:\n{head}"))
+    return out, [f"repeat:{x}" for x in names]
+
+
 def fmt(x, spec=".2f", suffix=""):
     return "-" if x is None else f"{x:{spec}}{suffix}"
 
@@ -117,6 +136,7 @@ def markdown(res: dict, goals: dict, budget: int) -> str:
     s = res["settings"]
     row = next(r for r in res["budgets"] if r["budget"] == budget)
     ar, hf = res["baselines"]["ar_step"], res["baselines"].get("hf_generate")
+    pld = res["baselines"].get("hf_prompt_lookup")
     m = res["machine"]
     lines = [
         f"# Stage 5 benchmark: {res['artifact_name']}",
@@ -137,6 +157,10 @@ def markdown(res: dict, goals: dict, budget: int) -> str:
     if hf:
         lines.append(f"| HF generate() | {hf['tokens_per_s']:.1f} | {hf['decode_tokens_per_s']:.1f} | "
                      f"{hf['tokens_per_s'] / ar['tokens_per_s']:.2f}x | 1.00x | 1.00 | - |")
+    if pld:
+        lines.append(f"| HF prompt lookup ({pld['num_tokens']}) | {pld['tokens_per_s']:.1f} | "
+                     f"{pld['decode_tokens_per_s']:.1f} | {pld['tokens_per_s'] / ar['tokens_per_s']:.2f}x | "
+                     f"{pld['tokens_per_s'] / hf['tokens_per_s']:.2f}x | - | - |")
     st = row["stages_ms"]
     lines += ["", f"Per round at B={budget} (ms, median / p90 over {row['rounds']} rounds): "
               + ", ".join(f"{k} {st[k]['median']:.2f} / {st[k]['p90']:.2f}" for k in ("draft", "verify", "host", "commit"))
@@ -148,10 +172,13 @@ def markdown(res: dict, goals: dict, budget: int) -> str:
     for g in goals.values():
         lines.append(f"| {g['goal']} | {g['target']} | {g['measured']} | {'yes' if g['met'] else ('-' if g['met'] is None else 'no')} |")
     if len(res["budgets"]) > 1:
-        lines += ["", "| B | tau | tokens/s | vs ar_step | vs HF | host share |", "|---:|---:|---:|---:|---:|---:|"]
+        lines += ["", "| B | tau | tokens/s | vs ar_step | vs HF | vs HF prompt lookup | draft / verify ms | host share |",
+                  "|---:|---:|---:|---:|---:|---:|---|---:|"]
         for r in res["budgets"]:
+            st = r["stages_ms"]
             lines.append(f"| {r['budget']} | {r['tau']:.2f} | {r['tokens_per_s']:.1f} | {r['speedup_vs_ar']:.2f}x | "
-                         f"{fmt(r['speedup_vs_hf'], '.2f', 'x')} | {100 * r['host_share']:.1f} % |")
+                         f"{fmt(r['speedup_vs_hf'], '.2f', 'x')} | {fmt(r.get('speedup_vs_hf_lookup'), '.2f', 'x')} | "
+                         f"{st['draft']['median']:.2f} / {st['verify']['median']:.2f} | {100 * r['host_share']:.1f} % |")
     lines += ["", "tokens/s = new tokens / generate() wall time (prefill + decode), summed over prompts; decode "
               "tokens/s excludes prefill (HF: time to the first new token). Host share = (decode time - time inside "
               "the draft and verify graph calls) / decode time.", ""]
@@ -175,8 +202,10 @@ def main(argv=None) -> int:
         prompts, names = read_prompts(args.prompts, args.num_prompts), None
         source = str(args.prompts)
     else:
-        prompts, names = heldout_prompts(engine, args.num_prompts, args.prompt_tokens)
-        source = f"first {args.prompt_tokens} tokens of held-out stdlib files: {', '.join(names)}"
+        make = repeat_prompts if args.prompt_set == "repeat" else heldout_prompts
+        prompts, names = make(engine, args.num_prompts, args.prompt_tokens)
+        source = (f"{args.prompt_set} prompts from the first {args.prompt_tokens} tokens of held-out stdlib files: "
+                  f"{', '.join(names)}")
     out.mkdir(parents=True, exist_ok=True)
     if names is not None:  # the same prompts as text, for `jetspec-compile profile --prompts`
         with open(out / "prompts.jsonl", "w") as f:
