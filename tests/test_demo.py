@@ -55,8 +55,27 @@ def test_demo_greedy_speculative_is_lossless(runs_b16):
     assert max(accepted) >= 2  # the head drafts tokens the target accepts
 
 
-def test_demo_tau_above_two_at_budget_16(runs_b16):
-    """Stage 6: tau > 2 at B = 16 (the default dynamic tree, K = 7) on the same held-out prompts.
-    Measured 2.16 with the shipped head; the README's demo section has the full table."""
+def test_demo_tau_at_budget_16(runs_b16):
+    """tau at B = 16 (the default dynamic tree, K = 7) on three held-out prompts, at the level the shipped
+    head reaches: measured 2.27 with it (2.16 with the previous head, which this threshold fails).
+    The README's demo section has the full table."""
     accepted = [a for _, st, _ in runs_b16 for a in st.accepted]
-    assert sum(accepted) / len(accepted) > 2.0
+    assert sum(accepted) / len(accepted) > 2.2
+
+
+def test_demo_calibrated_static_tree_is_lossless_and_drafts_well(demo):
+    """The best policy at B = 16: the static tree calibrated from the shipped accept_stats.json.
+    Outputs equal greedy decoding; tau measured 2.28 on these prompts (2.22 with the previous head and its
+    statistics; 2.59 on the 15 evaluation prompts of scripts/demo_tau.py)."""
+    from jetspec_compile import demo_paths
+    from jetspec_compile.tree import calibrate_static_tree
+
+    target, head, prompts = demo
+    tree = calibrate_static_tree(demo_paths.demo_dir() / "accept_stats.json", 16, depth=head.depth, topk=7)
+    accepted = []
+    for ids in prompts:
+        out, st = speculative_generate(target, head, ids, 64, budget=16, tree=tree,
+                                       eos_token_id=target.config.eos_token_id)
+        assert out == _hf_greedy(target, ids, 64)
+        accepted += st.accepted
+    assert sum(accepted) / len(accepted) > 2.2
