@@ -10,6 +10,8 @@ Stages (each writes into jetspec_compile/demo/, logs and scratch files go to run
   python scripts/build_demo.py target --steps N              # train the target (one thread)
   python scripts/build_demo.py head --steps N [--regenerate] # train a JetSpec head with train_head
   python scripts/build_demo.py head --init DIR ...           # continue a head (a further stage)
+  python scripts/build_demo.py head --init-from-target 4 5 ... # a new head from target layers 4, 5
+  python scripts/build_demo.py head --regenerate ... --regen-only  # regenerate and cache the data only
   python scripts/build_demo.py head-curves --logs A B C --out PNG   # one figure for the stages
 
 Everything runs on one CPU thread (``torch.set_num_threads(1)``) with fixed seeds.
