@@ -20,15 +20,18 @@ def register(sub) -> None:
     p.add_argument("--target", type=utf8_text, help="Qwen3 target folder (config.json, *.safetensors, tokenizer.json)")
     p.add_argument("--head", type=utf8_text, help="JetSpec head folder (config.json, model.safetensors)")
     p.add_argument("--backend", default="aoti", choices=("aoti", "tensorrt", "onnx"))
-    p.add_argument("--budget", type=at_least(1), default=64, help="B: tree nodes verified per round (root included)")
+    p.add_argument("--budget", type=at_least(1), default=None,
+                   help="B: tree nodes verified per round, root included (default 64; the demo: its fastest, "
+                        "jetspec_compile/demo/fastest.json)")
     p.add_argument("--depth", type=at_least(1), default=None,
                    help="D: drafted depths (default: the head's block size - 1)")
-    p.add_argument("--topk", type=at_least(1), default=7, help="K: candidates per depth")
-    p.add_argument("--lookup", type=at_least(0, 64), default=0,
+    p.add_argument("--topk", type=at_least(1), default=None, help="K: candidates per depth (default 7; the demo: its fastest)")
+    p.add_argument("--lookup", type=at_least(0, 64), default=None,
                    help="L: prompt-lookup chain tokens verified with the head's tree each round (0 = off)")
     p.add_argument("--max-seq-len", type=at_least(1), default=2048, help="S: KV cache rows")
     p.add_argument("--prefill-chunk", type=at_least(1), default=128, help="P: prompt tokens per prefill call")
-    p.add_argument("--tree", default="dynamic", choices=("dynamic", "static"))
+    p.add_argument("--tree", default=None, choices=("dynamic", "static"),
+                   help="tree policy (default dynamic; the demo: its fastest)")
     p.add_argument("--tree-stats", default=None, type=utf8_text,
                    help="with --tree static: per-(depth, rank) acceptance JSON to calibrate the topology")
     p.add_argument("--out", default=None, type=out_folder,
@@ -43,6 +46,26 @@ def register(sub) -> None:
     q.add_argument("artifact", type=utf8_text)
     q.add_argument("--json", action="store_true", help="print the raw manifest")
     q.set_defaults(func=run_inspect)
+
+
+GENERIC_DEFAULTS = {"budget": 64, "topk": 7, "tree": "dynamic", "lookup": 0}
+
+
+def _demo_fastest(path: Path) -> dict:
+    """The demo's export configuration that measured fastest here (and the command that measured it)."""
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+        return {k: rec[k] for k in GENERIC_DEFAULTS}
+    except (OSError, ValueError, KeyError, TypeError):
+        return dict(GENERIC_DEFAULTS)
+
+
+def _fill_defaults(args: argparse.Namespace, defaults: dict) -> None:
+    chosen = {k: v for k, v in defaults.items() if getattr(args, k) is None}
+    for k, v in chosen.items():
+        setattr(args, k, v)
+    if chosen:
+        print("defaults: " + ", ".join(f"--{k} {v}" for k, v in chosen.items()), flush=True)
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -60,11 +83,13 @@ def run_export(args: argparse.Namespace) -> int:
         from jetspec_compile.demo_paths import demo_head_path, demo_target_path
 
         target_dir, head_dir, name = demo_target_path(), demo_head_path(), "demo"
+        _fill_defaults(args, _demo_fastest(head_dir.parent / "fastest.json"))
         demo_stats = head_dir.parent / "accept_stats.json"
         if args.tree == "static" and stats is None and demo_stats.is_file():
             stats = demo_stats
     else:
         target_dir, head_dir, name = Path(args.target), Path(args.head), Path(args.head).name
+        _fill_defaults(args, GENERIC_DEFAULTS)
     dtype = getattr(torch, args.dtype)
     print(f"loading head {head_dir} and target {target_dir} ...", flush=True)
     head = load_draft_head(head_dir, dtype=dtype)
@@ -95,14 +120,17 @@ def run_inspect(args: argparse.Namespace) -> int:
     s = m["shapes"]
     print(f"artifact   {args.artifact}")
     print(f"backend    {m['backend']} on {m['device']}, dtype {m['dtype']}, schema v{m['schema_version']}")
-    print(f"shapes     B={s['budget']} D={s['depth']} K={s['topk']} S={s['max_seq_len']} P={s['prefill_chunk']}")
+    look = (m.get("lookup") or {}).get("length", 0)
+    print(f"shapes     B={s['budget']} D={s['depth']} K={s['topk']} S={s['max_seq_len']} P={s['prefill_chunk']}"
+          f"{f' + lookup chain L={look}' if look else ''}")
     tree = m["tree"]
     extra = f" ({len(tree['static']['paths']) + 1} nodes)" if tree.get("static") else ""
     print(f"tree       {tree['policy']}{extra}; sampling graph: {'yes' if m.get('sampling') else 'no'}")
     t, h = m["target"], m["head"]
     print(f"target     {t['model_type']}, {t['num_layers']} layers, hidden {t['config']['hidden_size']}, "
           f"vocab {t['config']['vocab_size']}, taps {t['tap_layers']}")
-    print(f"head       {h['config']['num_hidden_layers']} layers, depth {h['depth']}, "
+    print(f"head       {h['config']['num_hidden_layers']} layers, drafts depth {h['depth']} of its block's "
+          f"{h.get('block_depth', h['depth'])} (the deepest the tree reaches), "
           f"causal {h['config']['dflash_config'].get('causal_head')}")
     print(f"tokenizer  {m['tokenizer']['file'] if m.get('tokenizer') else 'none'}; eos {m.get('eos_token_ids')}")
     print("graphs")

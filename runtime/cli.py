@@ -44,7 +44,14 @@ def format_stats(st) -> str:
     return (f"[{st.mode}] {st.new_tokens} tokens in {st.rounds} rounds, tau {st.tau:.2f}, "
             f"{st.tokens_per_s:.1f} tok/s, prefill {st.prefill_s * 1e3:.0f} ms; per round: draft {per(st.draft_s):.2f} "
             f"ms, verify {per(st.verify_s):.2f} ms, host {per(st.host_s):.2f} ms, commit {per(st.commit_s):.2f} ms; "
-            f"finish: {st.finish_reason}")
+            f"finish: {st.finish_reason}" + (_acceptance(st) if st.mode == "speculative" and st.rounds else ""))
+
+
+def _acceptance(st) -> str:
+    hist = " ".join(f"{n}:{c}" for n, c in st.accept_histogram().items())
+    depth = " ".join(f"{p:.2f}" for p in st.depth_acceptance())
+    return (f"\n  committed per round (tokens:rounds) {hist}; acceptance per depth {depth or '-'}; "
+            f"lookup-chain rounds {st.lookup_rounds}/{st.rounds}")
 
 
 def run_generate(args: argparse.Namespace) -> int:

@@ -49,14 +49,15 @@ def main(argv=None) -> int:
     g = dec.graphs
     cl = dec._cache_len(L)
     anchor = torch.tensor([prompt[-1]])
-    tree = g["draft"](anchor, cl, dec.ctx_k, dec.ctx_v)
+    chain = (torch.zeros(dec.L, dtype=torch.int64), torch.tensor([dec.L])) if getattr(dec, "L", 0) else ()  # a full chain
+    tree = g["draft"](anchor, cl, dec.ctx_k, dec.ctx_v, *chain)
     tok = torch.tensor([5])
     gc.collect()
     gc.freeze()
     gc.disable()
     res = {
         "ar_step": timed(lambda: g["ar_step"](tok, cl, dec.k_cache, dec.v_cache), args.iters),
-        "draft": timed(lambda: g["draft"](anchor, cl, dec.ctx_k, dec.ctx_v), args.iters),
+        "draft": timed(lambda: g["draft"](anchor, cl, dec.ctx_k, dec.ctx_v, *chain), args.iters),
         "verify": timed(lambda: g["verify"](*tree[:4], cl, dec.k_cache, dec.v_cache), args.iters),
     }
     gc.enable()
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
     res["budget"], res["cache_len"] = dec.B, L
     for k in ("ar_step", "draft", "verify"):
         print(f"{k:8s} median {res[k]['median_ms']:.3f} ms  p90 {res[k]['p90_ms']:.3f} ms")
-    print(f"B={dec.B} D={dec.D} cache_len={L}: break-even tau {res['break_even_tau']:.2f}")
+    print(f"B={dec.B} L={getattr(dec, 'L', 0)} D={dec.D} cache_len={L}: break-even tau {res['break_even_tau']:.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)

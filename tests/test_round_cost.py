@@ -87,3 +87,25 @@ def test_aoti_artifact_is_native_and_pruned(aoti_artifact):
     for name, g in m["graphs"].items():
         assert g["native_linears"] > 0, name  # every graph's linears run the prepacked native GEMM
         assert g["jetspec_ops"] > 0, name
+
+
+def test_generate_compare_prints_both_rates(aoti_artifact, capsys):
+    from jetspec_compile.cli import main
+
+    assert main(["generate", str(aoti_artifact), "hello", "--max-new-tokens", "12", "--compare"]) == 0
+    err = capsys.readouterr().err
+    assert "[speculative]" in err and "[autoregressive]" in err and "committed per round" in err
+    line = next(x for x in err.splitlines() if x.startswith("compare: speculative"))
+    assert "x (decode only" in line
+
+
+def test_demo_export_defaults_come_from_fastest_json(tmp_path):
+    import json
+
+    from jetspec_compile.demo_paths import demo_head_path
+    from jetspec_compile.export.cli import GENERIC_DEFAULTS, _demo_fastest
+
+    rec = json.loads((demo_head_path().parent / "fastest.json").read_text())
+    assert _demo_fastest(demo_head_path().parent / "fastest.json") == {k: rec[k] for k in GENERIC_DEFAULTS}
+    assert rec["command"] and rec["measured"]
+    assert _demo_fastest(tmp_path / "missing.json") == GENERIC_DEFAULTS
