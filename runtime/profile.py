@@ -48,27 +48,29 @@ DEFAULT_BUDGETS = (8, 16, 32, 64, 128)
 # ---- command line -----------------------------------------------------------------------------------------
 
 def register(sub) -> None:
+    from jetspec_compile.validate import INT32_MAX, THREADS_MAX, at_least, device, out_folder, utf8_text
+
     p = sub.add_parser(
         "profile", help="latency profile over tree budgets: tau, tokens/s, per-stage times, speedups",
         description="Profile an artifact over tree budgets in one run: tau, tokens/s, per-stage latency "
                     "(median/p90), host-overhead share, speedup over the artifact's ar_step decoding and over "
                     "Hugging Face generate(). Budgets other than the artifact's own are compiled (draft + verify "
                     "graphs, cached) into OUT/sweep/b<B>/. Writes profile.json, profile.csv and PNG plots.")
-    p.add_argument("artifact")
-    p.add_argument("--prompts", required=True, help="JSONL file with a 'prompt' string per line")
+    p.add_argument("artifact", type=utf8_text)
+    p.add_argument("--prompts", required=True, type=utf8_text, help="JSONL file with a 'prompt' string per line")
     p.add_argument("--budgets", default=",".join(map(str, DEFAULT_BUDGETS)),
                    help="comma-separated tree budgets (the artifact's own budget is always included)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--limit", type=int, default=None, help="use the first N prompts")
-    p.add_argument("--reps", type=int, default=3, help="repetitions (medians are reported)")
-    p.add_argument("--out", default=None, help="output folder (default runs/profile-<artifact name>/)")
-    p.add_argument("--sweep-dir", default=None,
+    p.add_argument("--max-new-tokens", type=at_least(1, INT32_MAX), default=128)
+    p.add_argument("--limit", type=at_least(1, INT32_MAX), default=None, help="use the first N prompts")
+    p.add_argument("--reps", type=at_least(1), default=3, help="repetitions (medians are reported)")
+    p.add_argument("--out", default=None, type=out_folder, help="output folder (default runs/profile-<artifact name>/)")
+    p.add_argument("--sweep-dir", default=None, type=out_folder,
                    help="where the sweep's compiled graphs are cached (default OUT/sweep; share it across --out)")
     p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face generate() baseline")
     p.add_argument("--autotune", action="store_true",
                    help="record the budget with the best tokens/s in the artifact's manifest (field autotune)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--device", default=None, type=device)
+    p.add_argument("--threads", type=at_least(1, THREADS_MAX), default=1, help="torch CPU threads (default 1)")
     p.set_defaults(func=run_profile)
 
 
