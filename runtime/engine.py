@@ -76,6 +76,11 @@ class Engine:
             self.tokenizer = load_tokenizer(folder, tok["file"])
         self.last_stats: Stats | None = None
 
+    def replica(self) -> "Engine":
+        """Another engine over the same loaded graphs and weights, with its own caches (one per concurrent
+        request: graphs are shared, caches are not)."""
+        return Engine(self.folder, self.manifest, self.decoder.graphs, self.device, self.mode)
+
     # ---- shapes ---------------------------------------------------------------------------------------
     @property
     def budget(self) -> int:
