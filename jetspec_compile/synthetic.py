@@ -1,0 +1,110 @@
+"""Seeded random-weight Qwen3 targets and JetSpec heads at the exact published Qwen3 shapes (no downloads).
+
+Cost and correctness at real shapes can be measured with these; tau cannot (the weights are random).
+
+    from jetspec_compile.synthetic import synthetic_target, synthetic_head
+    target = synthetic_target("qwen3-0.6b")          # 28 layers, hidden 1024, vocab 151,936, GQA 16/8, hd 128
+    head = synthetic_head(target)                    # paper proportions: 5 layers, 5 taps (reference rule), block 16
+
+The shape numbers are those of the published ``config.json`` of each Qwen3 checkpoint. One difference:
+the published 0.6B/1.7B configs tie the LM head to the embedding; these builders keep them untied by
+default (``tie_word_embeddings=False``, one more [vocab, hidden] tensor), because the export pipeline
+stores each parameter name once and has not been tested with tied parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .head import DraftHead, head_config
+from .target import Target, default_tap_layers, load_target
+
+# Published Qwen3 configs (config.json of Qwen/Qwen3-0.6B, Qwen/Qwen3-1.7B, Qwen/Qwen3-8B).
+PUBLISHED: dict[str, dict] = {
+    "qwen3-0.6b": dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                       num_attention_heads=16, num_key_value_heads=8, head_dim=128, rope_theta=1000000.0,
+                       rms_norm_eps=1e-6, max_position_embeddings=40960, tie_word_embeddings=True),
+    "qwen3-1.7b": dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                       num_attention_heads=16, num_key_value_heads=8, head_dim=128, rope_theta=1000000.0,
+                       rms_norm_eps=1e-6, max_position_embeddings=40960, tie_word_embeddings=True),
+    "qwen3-8b": dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                     num_attention_heads=32, num_key_value_heads=8, head_dim=128, rope_theta=1000000.0,
+                     rms_norm_eps=1e-6, max_position_embeddings=40960, tie_word_embeddings=False),
+}
+
+# name -> (published config, number of decoder layers actually built)
+SYNTHETIC: dict[str, tuple[str, int]] = {
+    "qwen3-0.6b": ("qwen3-0.6b", 28),
+    "qwen3-1.7b": ("qwen3-1.7b", 28),
+    "qwen3-8b-2layers": ("qwen3-8b", 2),
+}
+
+HEAD_LAYERS = 5      # the paper's head: 5 decoder layers
+HEAD_TAPS = 5        # 5 taps by the reference rule
+HEAD_BLOCK = 16      # block 16 (15 drafted depths)
+
+
+def synthetic_config(name: str, *, tie_word_embeddings: bool = False):
+    """The Qwen3Config for ``name`` (one of ``SYNTHETIC``): published shapes, layers as built."""
+    from transformers import Qwen3Config
+
+    if name not in SYNTHETIC:
+        raise ValueError(f"unknown synthetic model {name!r}; expected one of {', '.join(SYNTHETIC)}")
+    base, layers = SYNTHETIC[name]
+    p = dict(PUBLISHED[base])
+    p["num_hidden_layers"] = layers
+    p["tie_word_embeddings"] = tie_word_embeddings
+    rope_theta = p.pop("rope_theta")
+    cfg = Qwen3Config(**p, rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
+                      bos_token_id=None, pad_token_id=None, eos_token_id=None, attn_implementation="sdpa")
+    return cfg
+
+
+def synthetic_qwen3(name: str, *, seed: int = 0, std: float = 0.02, dtype: torch.dtype = torch.float32):
+    """A seeded random Qwen3ForCausalLM at the shapes of ``name``, in eval mode."""
+    from transformers import Qwen3ForCausalLM
+
+    cfg = synthetic_config(name)
+    cfg.initializer_range = std
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(cfg)
+    return model.to(dtype).eval()
+
+
+def synthetic_target(name: str, *, seed: int = 0, std: float = 0.02, num_taps: int = HEAD_TAPS,
+                     dtype: torch.dtype = torch.float32) -> Target:
+    model = synthetic_qwen3(name, seed=seed, std=std, dtype=dtype)
+    n = int(model.config.num_hidden_layers)
+    return load_target(model, tap_layers=default_tap_layers(n, min(num_taps, n)))
+
+
+def synthetic_head_config(target: Target, *, num_layers: int = HEAD_LAYERS, block_size: int = HEAD_BLOCK):
+    cfg = target.config
+    return head_config(
+        hidden_size=target.hidden_size,
+        intermediate_size=int(cfg.intermediate_size),
+        num_hidden_layers=num_layers,
+        num_attention_heads=int(cfg.num_attention_heads),
+        num_key_value_heads=target.num_kv_heads,
+        head_dim=target.head_dim,
+        vocab_size=target.vocab_size,
+        num_target_layers=target.num_layers,
+        target_layer_ids=target.tap_layers,
+        mask_token_id=target.vocab_size - 1,
+        block_size=block_size,
+        causal=True,
+        rms_norm_eps=float(cfg.rms_norm_eps),
+        rope_theta=float(cfg.rope_parameters["rope_theta"]) if getattr(cfg, "rope_parameters", None) else 1e6,
+    )
+
+
+def synthetic_head(target: Target, *, num_layers: int = HEAD_LAYERS, block_size: int = HEAD_BLOCK,
+                   seed: int = 0, std: float = 0.02) -> DraftHead:
+    """A seeded random JetSpec head of the paper's proportions for ``target``."""
+    config = synthetic_head_config(target, num_layers=num_layers, block_size=block_size)
+    return DraftHead(config).init_weights(seed=seed, std=std).to(target.dtype).eval()
+
+
+def weight_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers (64-bit Python int)."""
+    return sum(int(t.numel()) * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
