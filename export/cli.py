@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from jetspec_compile.errors import JetSpecError
-from jetspec_compile.validate import at_least, device, out_folder, utf8_text
+from jetspec_compile.validate import at_least, device, int_list, out_folder, utf8_text
 
 
 def register(sub) -> None:
@@ -23,6 +23,9 @@ def register(sub) -> None:
     p.add_argument("--budget", type=at_least(1), default=None,
                    help="B: tree nodes verified per round, root included (default 64; the demo: its fastest, "
                         "jetspec_compile/demo/fastest.json)")
+    p.add_argument("--budgets", type=int_list(1, 4096), default=None,
+                   help="more budgets to compile draft + verify for, e.g. 4,8,16,32 (one weights file); the "
+                        "runtime then picks a budget or a plain step each round (adaptive; the default decode)")
     p.add_argument("--depth", type=at_least(1), default=None,
                    help="D: drafted depths (default: the head's block size - 1)")
     p.add_argument("--topk", type=at_least(1), default=None, help="K: candidates per depth (default 7; the demo: its fastest)")
@@ -96,15 +99,17 @@ def run_export(args: argparse.Namespace) -> int:
     if args.depth is not None:
         head.set_depth(args.depth)
     target = load_target(target_dir, tap_layers=head.target_layer_ids, dtype=dtype)
-    static = None
+    static, extra_static = None, {}
     if args.tree == "static" and stats is not None:
         static = calibrate_static_tree(stats, args.budget, depth=head.depth, topk=args.topk).to_json()
+        extra_static = {b: calibrate_static_tree(stats, b, depth=head.depth, topk=args.topk).to_json()
+                        for b in args.budgets or () if b > 1 and b != args.budget}
         print(f"static tree calibrated from {stats}", flush=True)
     spec = SpecConfig(budget=args.budget, topk=args.topk, max_seq_len=args.max_seq_len,
                       prefill_chunk=args.prefill_chunk, tree=args.tree, static_tree=static, lookup=args.lookup)
     out = Path(args.out) if args.out else Path("artifacts") / f"{name}-{args.backend}-b{args.budget}"
     export_model(target, head, spec, out, backend=args.backend, device=args.device, sampling=not args.no_sampling,
-                 force=args.force, tokenizer_dir=target_dir,
+                 force=args.force, tokenizer_dir=target_dir, budgets=args.budgets or (), static_trees=extra_static,
                  sources={"target": str(target_dir), "head": str(head_dir), "tree_stats": str(stats) if stats else None},
                  log=lambda s: print(s, flush=True))
     return 0

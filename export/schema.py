@@ -139,9 +139,16 @@ def _check_shapes(c: Checker, m: dict) -> None:
     lookup = c.obj(m, "lookup", "lookup", optional=True)
     if lookup is not None:
         c.int(lookup, "length", "lookup.length", lo=0, optional=True)
-    budgets = m.get("budgets")
-    if budgets is not None and not isinstance(budgets, dict):
-        c.int_list(m, "budgets", "budgets", lo=1)
+    budgets = c.obj(m, "budgets", "budgets", optional=True)
+    if budgets is not None:
+        compiled = c.int_list(budgets, "compiled", "budgets.compiled", lo=1)
+        depth = c.obj(budgets, "depth", "budgets.depth")
+        cost = c.obj(budgets, "cost_ms", "budgets.cost_ms")
+        for b in compiled:
+            c.int(depth, str(b), f"budgets.depth.{b}", lo=1)
+            c.num(cost, str(b), f"budgets.cost_ms.{b}")
+            if b != s["budget"] and f"verify.b{b}" not in (m.get("graphs") or {}):
+                raise c.fail("budgets.compiled", compiled, f"budgets whose graphs are listed (no graphs.verify.b{b})")
 
 
 def _check_tree(c: Checker, m: dict) -> None:
@@ -237,6 +244,7 @@ def check_graph_shapes(m: dict, path: Path) -> None:
     for name, g in graphs.items():
         inputs = [parse_input(t) for t in g["inputs"]]
         field = f"graphs.{name}.inputs"
+        name = name.partition(".b")[0]  # a graph compiled for another budget (e.g. verify.b16)
         if name in ("prefill", "verify", "verify_sample") and (not inputs or len(inputs[0][1]) != 1):
             raise c.fail(field, g["inputs"], "the recorded input types, the first a 1-D token tensor")
         want = caches.get(name, target_cache)
@@ -246,7 +254,7 @@ def check_graph_shapes(m: dict, path: Path) -> None:
         if name == "prefill":
             _expect(c, s, "prefill_chunk", inputs[0][1][:1], f"{field}[0]", g["inputs"][0])
         if name.startswith("verify"):
-            _expect_tree(c, m, field, inputs, g["inputs"])
+            _expect_tree(c, m, field, inputs, g["inputs"], g.get("budget"))
 
 
 def _expect(c: Checker, s: dict, key: str, got: list[int], field: str, text: str) -> None:
@@ -263,9 +271,9 @@ def _expect_cache(c: Checker, m: dict, field: str, dtype: str, dims: list[int], 
         raise c.fail("dtype", m["dtype"], f"{dtype!r} (the compiled graph's {field} is torch.{dtype})")
 
 
-def _expect_tree(c: Checker, m: dict, field: str, inputs, texts) -> None:
-    budget = m["shapes"]["budget"]
-    extra = (m.get("lookup") or {}).get("length") or 0
+def _expect_tree(c: Checker, m: dict, field: str, inputs, texts, budget: int | None = None) -> None:
+    budget = budget if isinstance(budget, int) else m["shapes"]["budget"]
+    extra = (m.get("lookup") or {}).get("length") or 0 if budget > 1 else 0
     n = inputs[0][1]
     if len(n) != 1 or n[0] not in (budget, budget + extra):
         raise c.fail("shapes.budget", budget, f"{n[0] if n else '?'} (the compiled graph's {field}[0] is {texts[0]})")

@@ -16,7 +16,10 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from .adaptive import PLAIN, Arm, BudgetPolicy
 from .errors import JetSpecError
+from .graphs import budget_graph_name
+from .tree import build_tree
 
 
 @dataclass
@@ -29,6 +32,24 @@ class CacheDims:
     head_head_dim: int
     depth: int
     dtype: torch.dtype
+
+    @classmethod
+    def from_models(cls, target, head, depth: int) -> "CacheDims":
+        """The cache shapes of a Target and DraftHead (``depth``: drafted depths of the model's budget)."""
+        return cls(target_layers=target.num_layers, target_kv_heads=target.num_kv_heads,
+                   target_head_dim=target.head_dim, head_layers=len(head.layers),
+                   head_kv_heads=head.num_kv_heads, head_head_dim=head.head_dim, depth=depth, dtype=target.dtype)
+
+    @classmethod
+    def from_configs(cls, target: Mapping, head: Mapping, depth: int, dtype: torch.dtype) -> "CacheDims":
+        """The cache shapes from the target's and the head's config dicts (as an artifact records them)."""
+        def head_dim(c: Mapping) -> int:
+            return int(c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"])
+
+        return cls(target_layers=int(target["num_hidden_layers"]), target_kv_heads=int(target["num_key_value_heads"]),
+                   target_head_dim=head_dim(target), head_layers=int(head["num_hidden_layers"]),
+                   head_kv_heads=int(head["num_key_value_heads"]), head_head_dim=head_dim(head), depth=depth,
+                   dtype=dtype)
 
 
 @dataclass
@@ -48,6 +69,7 @@ class Stats:
     host_s: float = 0.0
     total_s: float = 0.0
     lookup_rounds: int = 0  # rounds whose accepted drafted tokens were all proposed by the lookup chain
+    budget_rounds: dict[str, int] = field(default_factory=dict)  # rounds per budget ("plain": plain steps)
     round_s: list[float] = field(default_factory=list)
     # per-round seconds of each stage (same order as round_s): keys draft, verify, host, commit
     stage_s: dict[str, list[float]] = field(default_factory=lambda: {"draft": [], "verify": [], "host": [],
@@ -97,6 +119,18 @@ class Stats:
         return d
 
 
+@dataclass(frozen=True)
+class _ArmGraphs:
+    """The graphs one budget runs: draft (None for a plain step), verify, verify_sample."""
+
+    budget: int
+    depth: int  # tokens a round can accept
+    draft: Callable | None
+    verify: Callable | None
+    verify_sample: Callable | None
+    lookup: int  # lookup chain nodes verified with the tree
+
+
 class _Lookup:
     """The host side of the prompt-lookup branch: an n-gram index over prompt + committed tokens, proposing
     each round the L tokens that followed the latest earlier occurrence of the sequence's suffix."""
@@ -129,6 +163,17 @@ class _Lookup:
         self.index.extend(committed)
 
 
+def _median_s(fn: Callable[[], None], reps: int, sync: Callable[[], None], warmup: int = 2) -> float:
+    times = []
+    for i in range(warmup + reps):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
 def _pause_gc() -> bool:
     """No garbage-collector passes inside the decode loop (a round allocates only short-lived tensors, freed
     by reference counting); returns whether collection was on, to re-enable it when the loop ends."""
@@ -142,11 +187,13 @@ class Decoder:
 
     def __init__(self, graphs: Mapping[str, Callable], *, budget: int, topk: int, max_seq_len: int,
                  prefill_chunk: int, dims: CacheDims, device: torch.device | str = "cpu",
-                 sync: Callable[[], None] | None = None, lookup: int = 0):
+                 sync: Callable[[], None] | None = None, lookup: int = 0, arms: Sequence[Arm] = ()):
         self.graphs = graphs
         self.B, self.K, self.S, self.P = budget, topk, max_seq_len, prefill_chunk
         self.L = int(lookup)  # prompt-lookup chain nodes per round (0: off); verify sees B + L nodes
-        self.D = max(dims.depth, self.L)  # tokens a round can accept
+        self.D = max(dims.depth, self.L)  # tokens a round of the model's own budget can accept
+        self.arms = {a.budget: a for a in arms if a.budget != budget}  # other compiled budgets (1: plain)
+        self.D_max = max([self.D] + [max(a.depth, self.L) for a in self.arms.values()])
         self.dims = dims
         self.device = torch.device(device)
         self.sync = sync or (torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None))
@@ -157,6 +204,9 @@ class Decoder:
         self.ctx_k = torch.zeros(d.head_layers, d.head_kv_heads, self.S, d.head_head_dim, **kw)
         self.ctx_v = torch.zeros_like(self.ctx_k)
         self._len = torch.zeros(1, dtype=torch.int64, device=self.device)
+        root = build_tree(torch.zeros(1, dtype=torch.int64), torch.zeros(1, 1, dtype=torch.int64),
+                          torch.zeros(1, 1), 1)
+        self._root = (root.parents.to(self.device), root.depth.to(self.device), root.mask.to(self.device))
 
     # ---- pieces --------------------------------------------------------------------------------------
     def _cache_len(self, n: int) -> Tensor:
@@ -174,10 +224,11 @@ class Decoder:
     def check_prompt(self, prompt: Sequence[int]) -> None:
         if len(prompt) < 1:
             raise JetSpecError("prompt is empty (expected at least one token)")
-        limit = self.S - self.B - self.L
+        nodes = max(self.budgets) + self.L
+        limit = self.S - nodes
         if len(prompt) > limit:
             raise JetSpecError(f"prompt has {len(prompt)} tokens; this model's max_seq_len {self.S} minus budget "
-                               f"{self.B + self.L} allows at most {limit}")
+                               f"{nodes} allows at most {limit}")
 
     def prefill(self, prompt: Sequence[int], with_context: bool = True) -> int:
         """Cache every prompt token but the last (the first anchor). Returns the cache length."""
@@ -193,17 +244,88 @@ class Decoder:
             L += m
         return L
 
+    # ---- budgets -------------------------------------------------------------------------------------
+    def _arm_graphs(self, b: int) -> _ArmGraphs:
+        """The graphs of budget ``b``: the artifact's own (b = B), one compiled for another budget, or the
+        plain step (b = 1: the root alone, no draft, no lookup chain)."""
+        if b == self.B:
+            return _ArmGraphs(b, self.D, self.graphs["draft"], self.graphs.get("verify"),
+                              self.graphs.get("verify_sample"), self.L)
+        if b not in self.arms:
+            raise JetSpecError(f"budget {b} is not compiled in this model; expected one of {self.budgets}")
+        name = lambda base: budget_graph_name(base, b)  # noqa: E731
+        depth = max(self.arms[b].depth, self.L) if b != PLAIN else 1
+        return _ArmGraphs(b, depth, self.graphs.get(name("draft")), self.graphs.get(name("verify")),
+                          self.graphs.get(name("verify_sample")), self.L if b != PLAIN else 0)
+
+    @property
+    def budgets(self) -> list[int]:
+        """Every budget this decoder can run (1 = plain steps)."""
+        return sorted({self.B, *self.arms})
+
+    def policy(self, budget: int | None) -> BudgetPolicy | None:
+        """The adaptive policy (``budget=None`` with several compiled budgets), else None (fixed budget)."""
+        spec = [a for b, a in self.arms.items() if b != PLAIN]
+        if budget is not None or PLAIN not in self.arms or not spec:
+            return None
+        return BudgetPolicy(spec, self.arms[PLAIN].cost_s, self.K)
+
+    def _plain_tree(self, anchor: Tensor) -> tuple[Tensor, ...]:
+        return anchor, self._root[0], self._root[1], self._root[2]
+
+    def _draft(self, g: _ArmGraphs, anchor: Tensor, cl: Tensor, lookup: _Lookup | None):
+        if g.draft is None:
+            return self._plain_tree(anchor), None
+        chain = lookup.propose() if lookup and g.lookup else ()
+        tree = g.draft(anchor, cl, self.ctx_k, self.ctx_v, *chain)
+        return tree[:4], (tree[5] if len(tree) > 5 else None)
+
+    def calibrate(self, reps: int = 10, cache_len: int | None = None) -> dict[str, float]:
+        """Median seconds of one round (draft + verify + the host sync) at every budget ("1": a plain step)
+        and of one ar_step, over a cache of ``cache_len`` rows (default min(256, S/2)). Caches are not
+        changed: verify returns rows, it does not write them."""
+        cl = self._cache_len(cache_len if cache_len is not None else min(256, self.S // 2))
+        anchor = torch.zeros(1, dtype=torch.int64, device=self.device)
+        lookup = _Lookup([0], self.L, self.device) if self.L else None
+
+        samp = (torch.ones(1, device=self.device), torch.zeros(1, dtype=torch.int64, device=self.device),
+                torch.ones(1, device=self.device))
+
+        def one_round(g: _ArmGraphs) -> None:
+            (tokens, parents, depth, mask), _ = self._draft(g, anchor, cl, lookup)
+            args = (tokens, parents, depth, mask, cl, self.k_cache, self.v_cache)
+            if g.verify is not None:
+                out = g.verify(*args)
+            else:  # a sampling-only model
+                out = g.verify_sample(*args, *samp, torch.rand(tokens.shape[0], device=self.device))
+            int(out[1].reshape(-1)[0])
+
+        costs = {str(b): _median_s(lambda g=self._arm_graphs(b): one_round(g), reps, self.sync)
+                 for b in self.budgets}
+        if "ar_step" in self.graphs:
+            ar = self.graphs["ar_step"]
+            costs["ar_step"] = _median_s(lambda: int(ar(anchor, cl, self.k_cache, self.v_cache)[0].reshape(-1)[0]),
+                                         reps, self.sync)
+        return costs
+
     # ---- loops ---------------------------------------------------------------------------------------
     def speculative(self, prompt: Sequence[int], max_new_tokens: int, *, temperature: float = 0.0,
                     top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                    eos_token_ids: Sequence[int] = (), stats: Stats | None = None) -> Iterator[list[int]]:
-        """Yield the tokens committed each round (stopping at EOS / max_new_tokens / a full cache)."""
+                    eos_token_ids: Sequence[int] = (), stats: Stats | None = None,
+                    budget: int | None = None) -> Iterator[list[int]]:
+        """Yield the tokens committed each round (stopping at EOS / max_new_tokens / a full cache).
+
+        ``budget``: a fixed compiled budget; None runs the adaptive policy when the model has several
+        budgets and a plain step, else the model's own budget."""
         st = stats if stats is not None else Stats()
         st.mode, st.prompt_tokens = "speculative", len(prompt)
         self.check_prompt(prompt)
         sampling = temperature > 0
         if sampling and "verify_sample" not in self.graphs:
             raise JetSpecError("temperature > 0 needs the verify_sample graph, which this model was built without")
+        policy = self.policy(budget)
+        fixed = self._arm_graphs(budget if budget is not None else self.B)
+        st.mode = "adaptive" if policy else "speculative"
         t0 = time.perf_counter()
         L = self.prefill(prompt)
         self.sync()
@@ -217,31 +339,32 @@ class Decoder:
                     torch.tensor([float(top_p if top_p is not None else 1.0)], device=self.device))
         emitted = 0
         lookup = _Lookup(prompt, self.L, self.device) if self.L else None
+        arms = {b: self._arm_graphs(b) for b in self.budgets} if policy else {}
         gc_on = _pause_gc()
         try:
             while True:
                 if emitted >= max_new_tokens:
                     st.finish_reason = "length"
                     return
-                if L + self.D + 1 > self.S:
+                if L + self.D_max + 1 > self.S:
                     st.finish_reason = "cache_full"
                     return
                 r0 = time.perf_counter()
+                g = arms[policy.choose()] if policy else fixed
                 cl = self._cache_len(L)
-                chain = lookup.propose() if lookup else ()
-                tree = self.graphs["draft"](anchor, cl, self.ctx_k, self.ctx_v, *chain)
-                tokens, parents, depth, mask = tree[:4]
+                (tokens, parents, depth, mask), cand = self._draft(g, anchor, cl, lookup)
                 r1 = time.perf_counter()
                 if sampling:
-                    u = torch.rand(self.B + self.L, generator=gen).to(self.device)
-                    out = self.graphs["verify_sample"](tokens, parents, depth, mask, cl, self.k_cache, self.v_cache,
-                                                       *samp, u)
+                    u = torch.rand(g.budget + g.lookup, generator=gen).to(self.device)
+                    out = g.verify_sample(tokens, parents, depth, mask, cl, self.k_cache, self.v_cache, *samp, u)
                 else:
-                    out = self.graphs["verify"](tokens, parents, depth, mask, cl, self.k_cache, self.v_cache)
+                    out = g.verify(tokens, parents, depth, mask, cl, self.k_cache, self.v_cache)
                 out_tokens, length, k_rows, v_rows, ck, cv = out
                 r2 = time.perf_counter()
                 a = int(length.reshape(-1)[0])  # the host sync of the round
                 committed = out_tokens[: a + 1].tolist()
+                if policy and g.draft is not None:
+                    policy.observe(g.budget, committed, cand.tolist(), lookup.last if lookup else ())
                 r3 = time.perf_counter()
                 self._write(L, a + 1, k_rows, v_rows, ck, cv)
                 L += a + 1
@@ -249,8 +372,11 @@ class Decoder:
                 r4 = time.perf_counter()
                 st.rounds += 1
                 st.accepted.append(a + 1)
+                key = "plain" if g.draft is None else str(g.budget)
+                st.budget_rounds[key] = st.budget_rounds.get(key, 0) + 1
                 if lookup:
-                    st.lookup_rounds += lookup.covered(committed)
+                    if g.lookup:
+                        st.lookup_rounds += lookup.covered(committed)
                     lookup.extend(committed)
                 keep = committed[: max_new_tokens - emitted]
                 hit = next((i for i, t in enumerate(keep) if t in eos), None)

@@ -7,7 +7,7 @@ submodules, so parameter names agree across graphs.
   prefill      (tokens[P], cache_len[1], k_cache, v_cache)
                -> new target K/V rows [Lt,Hkv,P,hd] x2, new draft-context K/V rows [Ld,Hkv,P,hd] x2
   draft        (anchor[1], cache_len[1], ctx_k, ctx_v)
-               -> tree: tokens[B], parents[B], depth[B], mask[B,B], score[B]
+               -> tree: tokens[B], parents[B], depth[B], mask[B,B], score[B]; the head's candidates[D,K]
   verify       (tokens[B], parents[B], depth[B], mask[B,B], cache_len[1], k_cache, v_cache)
                -> out_tokens[D+1], accepted length[1], accepted rows: target K/V [Lt,Hkv,D+1,hd] x2,
                   draft-context K/V [Ld,Hkv,D+1,hd] x2
@@ -22,7 +22,7 @@ Invariant: both caches hold committed_length - 1 rows (every committed token but
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +36,32 @@ from .target import Target
 from .tree import StaticTree, Tree, build_tree, default_static_tree
 
 GRAPH_NAMES = ("prefill", "draft", "verify", "verify_sample", "ar_step")
+BUDGET_GRAPHS = ("draft", "verify", "verify_sample")  # the graphs whose shapes depend on the budget
+PLAIN_BUDGET = 1  # a "budget" of the root alone: a plain step that also writes the draft context
+
+
+def budget_graph_name(base: str, budget: int) -> str:
+    """The name of graph ``base`` compiled for another budget, e.g. ``verify.b16``."""
+    return f"{base}.b{budget}"
+
+
+def split_graph_name(name: str) -> tuple[str, int | None]:
+    """``verify.b16`` -> ("verify", 16); ``verify`` -> ("verify", None)."""
+    base, _, suffix = name.partition(".b")
+    return (base, int(suffix)) if suffix.isdigit() else (name, None)
+
+
+def budget_spec(spec: "SpecConfig", budget: int, static_tree: dict | None = None) -> "SpecConfig":
+    """``spec`` at another budget. The plain step (budget 1) verifies the root alone: no lookup chain."""
+    if budget == PLAIN_BUDGET:
+        return replace(spec, budget=1, lookup=0, tree="dynamic", static_tree=None)
+    return replace(spec, budget=budget, static_tree=static_tree)
+
+
+def budget_graph_names(budget: int, sampling: bool) -> tuple[str, ...]:
+    """The budget-dependent graphs compiled for ``budget`` (a plain step needs no draft)."""
+    names = BUDGET_GRAPHS if budget != PLAIN_BUDGET else BUDGET_GRAPHS[1:]
+    return tuple(n for n in names if sampling or n != "verify_sample")
 
 
 @dataclass
@@ -115,27 +141,27 @@ class Draft(_Graph):
     def __init__(self, target: Target, head: DraftHead, spec: SpecConfig):
         super().__init__(target, head, spec)
         self.static = _static_tree(spec, head) if spec.tree == "static" else None
-        if self.static is not None:
-            par, dep, rk, mask = self.static.tensors()
-            self.register_buffer("tree_parents", par, persistent=False)
-            self.register_buffer("tree_depth", dep, persistent=False)
-            self.register_buffer("tree_rank", rk, persistent=False)
-            self.register_buffer("tree_mask", mask, persistent=False)
+        self._topo: tuple[str, ...] = ()
+        if self.static is not None:  # named per budget: graphs of several budgets share one weights file
+            for part, t in zip(("parents", "depth", "rank", "mask"), self.static.tensors()):
+                self.register_buffer(f"tree{spec.budget}_{part}", t, persistent=False)
+                self._topo += (f"tree{spec.budget}_{part}",)
 
     def forward(self, anchor: Tensor, cache_len: Tensor, ctx_k: Tensor, ctx_v: Tensor):
-        tree = self.head_tree(anchor, cache_len, ctx_k, ctx_v)
-        return tree.tokens, tree.parents, tree.depth, tree.mask, tree.score
+        tree, cand = self.head_tree(anchor, cache_len, ctx_k, ctx_v)
+        return tree.tokens, tree.parents, tree.depth, tree.mask, tree.score, cand
 
-    def head_tree(self, anchor: Tensor, cache_len: Tensor, ctx_k: Tensor, ctx_v: Tensor) -> Tree:
+    def head_tree(self, anchor: Tensor, cache_len: Tensor, ctx_k: Tensor, ctx_v: Tensor) -> tuple[Tree, Tensor]:
+        """The head's tree and its candidates [D, K] (rank order), which adaptive budgets learn from."""
         logits = self.head.block_logits(self.target, anchor, ctx_k, ctx_v, cache_len)  # [D, V]
         logp = torch.log_softmax(logits.float(), dim=-1)
         top = torch.topk(logp, self.spec.topk, dim=-1)
-        return self.make_tree(anchor, top.indices, top.values)
+        return self.make_tree(anchor, top.indices, top.values), top.indices
 
     def make_tree(self, anchor: Tensor, topk_tokens: Tensor, topk_logprobs: Tensor) -> Tree:
         if self.static is None:
             return build_tree(anchor, topk_tokens, topk_logprobs, self.spec.budget)
-        topo = (self.tree_parents, self.tree_depth, self.tree_rank, self.tree_mask)
+        topo = tuple(getattr(self, name) for name in self._topo)
         return self.static.materialize(anchor, topk_tokens, topk_logprobs, topo)
 
 
@@ -145,8 +171,9 @@ class DraftLookup(Draft):
 
     def forward(self, anchor: Tensor, cache_len: Tensor, ctx_k: Tensor, ctx_v: Tensor, chain: Tensor,
                 chain_len: Tensor):
-        tree = attach_chain(self.head_tree(anchor, cache_len, ctx_k, ctx_v), chain, chain_len)
-        return tree.tokens, tree.parents, tree.depth, tree.mask, tree.score
+        tree, cand = self.head_tree(anchor, cache_len, ctx_k, ctx_v)
+        tree = attach_chain(tree, chain, chain_len)
+        return tree.tokens, tree.parents, tree.depth, tree.mask, tree.score, cand
 
 
 class Verify(_Graph):

@@ -3,22 +3,23 @@ loop of jetspec_compile.decode. This is the oracle every compiled backend is tes
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
+from .adaptive import Arm
 from .decode import CacheDims, Decoder, Stats
 from .errors import JetSpecError
-from .graphs import SpecConfig, build_graphs
+from .graphs import PLAIN_BUDGET, SpecConfig, budget_graph_name, budget_graph_names, budget_spec, build_graphs
 from .head import DraftHead
 from .target import Target
 from .tree import StaticTree
 
 
 def cache_dims(target: Target, head: DraftHead) -> CacheDims:
-    return CacheDims(target.num_layers, target.num_kv_heads, target.head_dim,
-                     len(head.layers), head.num_kv_heads, head.head_dim, head.depth, target.dtype)
+    return CacheDims.from_models(target, head, head.depth)
 
 
 class EagerGraphs(dict):
@@ -45,11 +46,26 @@ def _ids(input_ids: Tensor | Sequence[int]) -> list[int]:
     return [int(x) for x in input_ids]
 
 
-def eager_decoder(target: Target, head: DraftHead, spec: SpecConfig, names=None) -> Decoder:
+def eager_decoder(target: Target, head: DraftHead, spec: SpecConfig, names=None, budgets: Sequence[int] = (),
+                  costs: dict[int, float] | None = None) -> Decoder:
+    """The eager graphs in a Decoder. ``budgets``: more budgets (with a plain step) for adaptive decoding,
+    with ``costs`` in seconds per round (default: measured here)."""
     graphs = build_graphs(target, head, spec, names) if names else build_graphs(target, head, spec)
-    return Decoder(EagerGraphs(graphs), budget=spec.budget, topk=spec.topk, max_seq_len=spec.max_seq_len,
-                   prefill_chunk=spec.prefill_chunk, dims=cache_dims(target, head), device=target.device,
-                   lookup=spec.lookup)
+    sampling = names is None or "verify_sample" in names
+    arms = []
+    extra = sorted({int(b) for b in budgets} - {spec.budget})
+    for b in extra + ([PLAIN_BUDGET] if extra and PLAIN_BUDGET not in extra else []):
+        bspec = budget_spec(spec, b)
+        built = build_graphs(target, head, bspec, budget_graph_names(b, sampling))
+        graphs.update({budget_graph_name(n, b): g for n, g in built.items()})
+        arms.append(Arm(b, bspec.reachable_depth(head), (costs or {}).get(b, 1.0)))
+    dec = Decoder(EagerGraphs(graphs), budget=spec.budget, topk=spec.topk, max_seq_len=spec.max_seq_len,
+                  prefill_chunk=spec.prefill_chunk, dims=cache_dims(target, head), device=target.device,
+                  lookup=spec.lookup, arms=arms)
+    if arms and costs is None:
+        measured = dec.calibrate(reps=3)
+        dec.arms = {a.budget: replace(a, cost_s=measured[str(a.budget)]) for a in arms}
+    return dec
 
 
 def _spec(head: DraftHead, n_prompt: int, max_new_tokens: int, budget: int, topk: int, tree, max_seq_len,
@@ -80,19 +96,23 @@ def speculative_generate(
     max_seq_len: int | None = None,
     prefill_chunk: int = 64,
     lookup: int = 0,
+    budgets: Sequence[int] = (),
+    costs: dict[int, float] | None = None,
 ) -> tuple[list[int], Stats]:
     """Generate up to ``max_new_tokens`` after ``input_ids`` with JetSpec speculative decoding (eager).
 
     Greedy (temperature 0) output equals the target's greedy decoding token for token; with
     temperature > 0 every token is an exact sample of the (top-k / top-p filtered) target distribution.
     ``tree`` is "dynamic", "static" (default uncalibrated topology) or a StaticTree; ``lookup`` > 0 adds a
-    prompt-lookup chain of that many tokens to every round's tree. Returns the new
-    tokens and Stats (rounds, tokens committed per round, tau, per-stage seconds, finish_reason).
+    prompt-lookup chain of that many tokens to every round's tree. ``budgets``: more tree budgets, picked
+    each round by the adaptive policy (with plain steps) from ``costs`` (seconds per round of each budget,
+    1 = a plain step; default: measured). Returns the new tokens and Stats (rounds, tokens committed per
+    round, tau, per-stage seconds, rounds per budget, finish_reason).
     """
     ids = _ids(input_ids)
     spec = _spec(head, len(ids), max_new_tokens, budget, topk, tree, max_seq_len, prefill_chunk, lookup)
     names = ("prefill", "draft", "verify_sample" if temperature > 0 else "verify")
-    dec = eager_decoder(target, head, spec, names)
+    dec = eager_decoder(target, head, spec, names, budgets, costs)
     stats = Stats()
     eos = [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
     out: list[int] = []

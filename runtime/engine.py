@@ -6,13 +6,15 @@ same loop for every backend and for the eager oracle), stop tokens / strings and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 
+from jetspec_compile.adaptive import Arm
 from jetspec_compile.decode import CacheDims, Decoder, Stats
+from jetspec_compile.graphs import budget_graph_name, budget_spec, split_graph_name
 from jetspec_compile.errors import ArtifactError, JetSpecError
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -57,16 +59,12 @@ class Engine:
         self.mode = mode
         self.device = device
         shapes = manifest["shapes"]
-        t, h = manifest["target"]["config"], manifest["head"]["config"]
-        dims = CacheDims(
-            target_layers=int(t["num_hidden_layers"]), target_kv_heads=int(t["num_key_value_heads"]),
-            target_head_dim=int(t.get("head_dim") or t["hidden_size"] // t["num_attention_heads"]),
-            head_layers=int(h["num_hidden_layers"]), head_kv_heads=int(h["num_key_value_heads"]),
-            head_head_dim=int(h.get("head_dim") or h["hidden_size"] // h["num_attention_heads"]),
-            depth=int(shapes["depth"]), dtype=_DTYPES[manifest["dtype"]])
+        dims = CacheDims.from_configs(manifest["target"]["config"], manifest["head"]["config"],
+                                      int(shapes["depth"]), _DTYPES[manifest["dtype"]])
         self.decoder = Decoder(graphs, budget=shapes["budget"], topk=shapes["topk"],
                                max_seq_len=shapes["max_seq_len"], prefill_chunk=shapes["prefill_chunk"],
-                               dims=dims, device=device, lookup=int((manifest.get("lookup") or {}).get("length", 0)))
+                               dims=dims, device=device, lookup=int((manifest.get("lookup") or {}).get("length", 0)),
+                               arms=budget_arms(manifest))
         self.eos_token_ids: list[int] = list(manifest.get("eos_token_ids") or [])
         self.tokenizer = None
         tok = manifest.get("tokenizer")
@@ -75,6 +73,12 @@ class Engine:
 
             self.tokenizer = load_tokenizer(folder, tok["file"])
         self.last_stats: Stats | None = None
+
+    def calibrate(self, reps: int = 10) -> dict[str, float]:
+        """Re-measure each budget's round cost on this machine (ms) and use it for adaptive decoding."""
+        costs = self.decoder.calibrate(reps)
+        self.decoder.arms = {b: replace(a, cost_s=costs[str(b)]) for b, a in self.decoder.arms.items()}
+        return {k: round(v * 1e3, 4) for k, v in costs.items()}
 
     def replica(self) -> "Engine":
         """Another engine over the same loaded graphs and weights, with its own caches (one per concurrent
@@ -104,33 +108,45 @@ class Engine:
         return self.tokenizer.decode(list(tokens), skip_special_tokens=False)
 
     # ---- generation -----------------------------------------------------------------------------------
-    def _rounds(self, ids, max_new_tokens, temperature, top_k, top_p, seed, speculative, stats):
+    @property
+    def budgets(self) -> list[int]:
+        """Every compiled budget (1: the plain step of adaptive decoding)."""
+        return self.decoder.budgets
+
+    def _rounds(self, ids, max_new_tokens, temperature, top_k, top_p, seed, speculative, stats, budget):
         if max_new_tokens < 0:
             raise JetSpecError(f"max_new_tokens is {max_new_tokens}; expected >= 0")
         if temperature < 0:
             raise JetSpecError(f"temperature is {temperature}; expected >= 0")
-        loop = self.decoder.speculative if speculative else self.decoder.autoregressive
-        return loop(ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                    eos_token_ids=self.eos_token_ids, stats=stats)
+        if budget is not None and budget not in self.budgets:
+            raise JetSpecError(f"budget {budget} is not compiled in {self.folder}; expected one of {self.budgets}")
+        kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, eos_token_ids=self.eos_token_ids,
+                  stats=stats)
+        if not speculative:
+            return self.decoder.autoregressive(ids, max_new_tokens, **kw)
+        return self.decoder.speculative(ids, max_new_tokens, budget=budget, **kw)
 
     def stream_tokens(self, prompt, max_new_tokens: int = 128, *, temperature: float = 0.0,
                       top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                      speculative: bool = True) -> Iterator[list[int]]:
-        """Yield the token ids committed each round. Stats land in ``self.last_stats``."""
+                      speculative: bool = True, budget: int | None = None) -> Iterator[list[int]]:
+        """Yield the token ids committed each round. Stats land in ``self.last_stats``.
+
+        ``budget``: a fixed compiled budget; None decodes adaptively when the artifact has several budgets
+        (else at its own budget)."""
         stats = Stats()
         self.last_stats = stats
         yield from self._rounds(self.encode(prompt), max_new_tokens, temperature, top_k, top_p, seed,
-                                speculative, stats)
+                                speculative, stats, budget)
 
     def stream(self, prompt, max_new_tokens: int = 128, *, temperature: float = 0.0, top_k: int | None = None,
                top_p: float | None = None, seed: int | None = None, stop: Sequence[str] | str | None = None,
-               speculative: bool = True) -> Iterator[str]:
+               speculative: bool = True, budget: int | None = None) -> Iterator[str]:
         """Yield text pieces as rounds commit tokens; stops at EOS, a stop string or max_new_tokens."""
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         tokens: list[int] = []
         sent = ""
         rounds = self.stream_tokens(prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                    seed=seed, speculative=speculative)
+                                    seed=seed, speculative=speculative, budget=budget)
         for chunk in rounds:
             tokens += chunk
             text = self.decode(tokens)
@@ -153,15 +169,16 @@ class Engine:
 
     def generate(self, prompt, max_new_tokens: int = 128, *, temperature: float = 0.0, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None, stop: Sequence[str] | str | None = None,
-                 speculative: bool = True) -> Generation:
+                 speculative: bool = True, budget: int | None = None) -> Generation:
         """Generate after ``prompt`` (text, or token ids). Returns text (when a tokenizer is present), tokens, stats."""
         if stop and self.tokenizer is not None:
             text = "".join(self.stream(prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                       seed=seed, stop=stop, speculative=speculative))
+                                       seed=seed, stop=stop, speculative=speculative, budget=budget))
             ids = self.tokenizer.encode(text, add_special_tokens=False).ids if text else []
             return Generation(text, ids, self.last_stats)
         tokens = [t for c in self.stream_tokens(prompt, max_new_tokens, temperature=temperature, top_k=top_k,
-                                                top_p=top_p, seed=seed, speculative=speculative) for t in c]
+                                                top_p=top_p, seed=seed, speculative=speculative, budget=budget)
+                  for t in c]
         text = self.decode(tokens) if self.tokenizer is not None else None
         return Generation(text, tokens, self.last_stats)
 
@@ -210,8 +227,30 @@ def _eager_graphs(folder: Path, manifest: dict, weights: dict, device: torch.dev
     from jetspec_compile.speculative import EagerGraphs
 
     target, head, spec = eager_models(folder, manifest, weights, device)
-    names = [n for n in manifest["graphs"]]
-    return EagerGraphs(build_graphs(target, head, spec, names))
+    depths = [int(d) for d in ((manifest.get("budgets") or {}).get("depth") or {}).values()]
+    head.set_depth(max([head.depth] + depths))  # a causal head's first depths do not depend on later ones
+    by_budget: dict[int | None, list[str]] = {}
+    for name in manifest["graphs"]:
+        base, b = split_graph_name(name)
+        by_budget.setdefault(b, []).append(base)
+    graphs = {}
+    for b, names in by_budget.items():
+        built = build_graphs(target, head, spec if b is None else budget_spec(spec, b, _static(manifest, b)), names)
+        graphs.update({n if b is None else budget_graph_name(n, b): g for n, g in built.items()})
+    return EagerGraphs(graphs)
+
+
+def _static(manifest: dict, budget: int) -> dict | None:
+    info = manifest["graphs"].get(budget_graph_name("draft", budget)) or {}
+    return info.get("static_tree")
+
+
+def budget_arms(manifest: dict) -> list[Arm]:
+    """The artifact's other compiled budgets (1: the plain step) with their drafted depth and round cost."""
+    budgets = manifest.get("budgets") or {}
+    depth, cost = budgets.get("depth") or {}, budgets.get("cost_ms") or {}
+    return [Arm(int(b), int(depth[str(b)]), float(cost.get(str(b), 1.0)) / 1e3)
+            for b in budgets.get("compiled") or [] if int(b) != manifest["shapes"]["budget"]]
 
 
 def load(path: str | Path, device: str | torch.device | None = None, *, mode: str = "compiled",
@@ -244,7 +283,7 @@ def load(path: str | Path, device: str | torch.device | None = None, *, mode: st
             from jetspec_compile.graphs import GRAPH_CLASSES
             from jetspec_compile.export.onnx import forward_arg_names
 
-            kwargs["input_names"] = forward_arg_names(GRAPH_CLASSES[name])
+            kwargs["input_names"] = forward_arg_names(GRAPH_CLASSES[split_graph_name(name)[0]])
         graph_file = artifact_path(folder, info["file"], f"graphs.{name}.file")
         try:
             graphs[name] = backend.load_graph(graph_file, str(dev), weights, **kwargs)

@@ -1,0 +1,165 @@
+"""Adaptive speculation: each round, pick the compiled tree budget that promises the most tokens per second,
+or plain steps while speculation does not pay.
+
+The model. After every speculative round the committed tokens are the target's own tokens at depths
+1..a+1, so the rank of each among the head's candidates at that depth is known (K when absent). Decayed
+counts of these ranks give p(d, r), the chance that the target's token at depth d is the head's rank-r
+candidate. For every compiled budget the policy keeps the shape its trees take under that model (best-first
+expansions of K children, as the dynamic tree builder makes them) and scores each round counterfactually:
+how many tokens that tree (or the prompt-lookup chain, whichever matched longer) would have committed.
+A running mean of these per budget, divided by the budget's measured round cost, is compared with one
+plain step per plain-step cost. The choice depends only on tokens and the calibrated costs, so it is
+deterministic; it only chooses which exact graphs run, so decoding stays lossless.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+PLAIN = 1  # the plain arm: a root-only "tree" verified alone
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One compiled budget: nodes per round (root included), drafted depths, seconds per round."""
+
+    budget: int
+    depth: int
+    cost_s: float
+
+
+class BudgetPolicy:
+    """Per-round choice among ``arms`` (speculative budgets) and plain steps costing ``plain_cost_s``."""
+
+    def __init__(self, arms: Sequence[Arm], plain_cost_s: float, topk: int, *, alpha: float = 0.125,
+                 decay: float = 0.97, refresh: int = 8, first_plain: int = 4, max_plain: int = 64):
+        self.arms = sorted(arms, key=lambda a: a.budget)
+        if not self.arms:
+            raise ValueError("BudgetPolicy needs at least one speculative budget")
+        self.plain_cost = plain_cost_s
+        self.K = topk
+        self.D = max(a.depth for a in self.arms)
+        self.alpha, self.decay, self.refresh = alpha, decay, refresh
+        self.first_plain, self.max_plain = first_plain, max_plain
+        # decayed rank counts with a weak prior: rank 0 hits 40 %, the others 5 % each
+        self.seen = [4.0] * self.D
+        self.hits = [[1.6] + [0.2] * (topk - 1) for _ in range(self.D)]
+        self.paths: dict[int, set[tuple[int, ...]]] = {}
+        self.expect = {a.budget: 1.0 for a in self.arms}  # running mean of counterfactual tokens per round
+        self.observed = 0
+        self.actual = self.modelled = 1.0  # running means of committed vs modelled tokens of the executed arm
+        self.plain_left = 0
+        self.backoff = first_plain
+        self.probe = True  # the first round speculates, so the policy has evidence before judging
+        self._reshape()
+
+    # ---- choosing -------------------------------------------------------------------------------------
+    def rate(self, budget: int) -> float:
+        """Predicted tokens per second of ``budget`` (PLAIN: one token per plain step)."""
+        if budget == PLAIN:
+            return 1.0 / self.plain_cost
+        arm = next(a for a in self.arms if a.budget == budget)
+        scale = self.actual / self.modelled if self.modelled > 0 else 1.0
+        return max(1.0, self.expect[budget] * scale) / arm.cost_s
+
+    def best_budget(self) -> int:
+        return max(self.arms, key=lambda a: self.rate(a.budget)).budget
+
+    def choose(self) -> int:
+        """The budget of the next round, or PLAIN."""
+        if self.plain_left > 0:
+            self.plain_left -= 1
+            self.probe = self.plain_left == 0
+            return PLAIN
+        best = self.best_budget()
+        if self.probe or self.rate(best) > self.rate(PLAIN):
+            if not self.probe:
+                self.backoff = self.first_plain
+            self.probe = False
+            return best
+        self.plain_left = self.backoff - 1
+        self.backoff = min(2 * self.backoff, self.max_plain)
+        self.probe = self.plain_left == 0
+        return PLAIN
+
+    # ---- learning -------------------------------------------------------------------------------------
+    def observe(self, budget: int, committed: Sequence[int], cand: Sequence[Sequence[int]],
+                chain: Sequence[int] = ()) -> None:
+        """A speculative round of ``budget`` committed ``committed``; ``cand`` is the head's [D, K]
+        candidates of that round, ``chain`` the prompt-lookup proposal."""
+        ranks = []
+        for d, tok in enumerate(committed[: len(cand)]):
+            row = cand[d]
+            r = row.index(tok) if tok in row else self.K
+            ranks.append(r)
+            if d < self.D:
+                self.seen[d] += 1.0
+                if r < self.K:
+                    self.hits[d][r] += 1.0
+        m = _match(chain, committed)
+        w = max(self.alpha, 1.0 / (self.observed + 1))  # a plain mean until 1/alpha rounds, then decayed
+        for arm in self.arms:
+            cf = 1 + max(_walk(ranks, self.paths[arm.budget]), m)
+            self.expect[arm.budget] += w * (cf - self.expect[arm.budget])
+            if arm.budget == budget:
+                self.modelled += w * (cf - self.modelled)
+        self.actual += w * (len(committed) - self.actual)
+        self.observed += 1
+        if self.observed % self.refresh == 0:
+            self._reshape()
+
+    def _reshape(self) -> None:
+        """Decay the counts and recompute every budget's tree shape under the current p(d, r)."""
+        f = self.decay ** self.refresh
+        self.seen = [s * f for s in self.seen]
+        self.hits = [[h * f for h in row] for row in self.hits]
+        p = [[h / s for h in row] for row, s in zip(self.hits, self.seen)]
+        for arm in self.arms:
+            self.paths[arm.budget] = _tree_paths(p, arm.budget, arm.depth, self.K)
+
+    def expected_tokens(self) -> dict[int, float]:
+        """The model's expected tokens per round of each budget (the tree's path probabilities, plus one)."""
+        p = [[h / s for h in row] for row, s in zip(self.hits, self.seen)]
+        return {b: 1.0 + sum(math.prod(p[d][r] for d, r in enumerate(path)) for path in paths)
+                for b, paths in self.paths.items()}
+
+
+def _match(chain: Sequence[int], committed: Sequence[int]) -> int:
+    n = 0
+    for a, b in zip(chain, committed):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def _walk(ranks: Sequence[int], paths: set[tuple[int, ...]]) -> int:
+    """Accepted depth of a tree (a set of rank paths) given the target's ranks at each depth."""
+    d = 0
+    while d < len(ranks) and tuple(ranks[: d + 1]) in paths:
+        d += 1
+    return d
+
+
+def _tree_paths(p: list[list[float]], budget: int, depth: int, topk: int) -> set[tuple[int, ...]]:
+    """Rank paths of a ``budget``-node tree grown like the dynamic builder: expand the most probable node
+    ceil((B-1)/K) times, adding its K children in rank order, to at most ``depth`` depths."""
+    paths: set[tuple[int, ...]] = set()
+    heap: list[tuple[float, tuple[int, ...]]] = [(-1.0, ())]
+    nodes = 1
+    while heap and nodes < budget:
+        neg, path = heapq.heappop(heap)
+        d = len(path)
+        if d >= depth:
+            continue
+        for r in range(topk):
+            if nodes >= budget:
+                break
+            child = path + (r,)
+            paths.add(child)
+            nodes += 1
+            heapq.heappush(heap, (neg * p[d][r], child))
+    return paths

@@ -1,0 +1,136 @@
+"""Speed 4: adaptive budgets. The policy only chooses which exact graphs run, so greedy output stays
+token-identical to plain decoding and seeded sampling stays reproducible; it follows measured costs and live
+acceptance (plain steps when speculation cannot pay, speculation when it does)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jetspec_compile import autoregressive_generate, speculative_generate
+from jetspec_compile.adaptive import PLAIN, Arm, BudgetPolicy, _tree_paths
+from jetspec_compile.tree import build_tree
+
+from test_lookup_decode import _memoryless
+
+CHEAP_SPEC = {1: 1.0, 4: 1.05, 8: 1.1}  # speculation costs about a plain step: it pays from tau > 1.1
+DEAR_SPEC = {1: 1.0, 4: 50.0, 8: 60.0}  # it never pays
+
+
+@pytest.mark.parametrize("costs", [CHEAP_SPEC, DEAR_SPEC, None])
+@pytest.mark.parametrize("lookup", [0, 4])
+def test_adaptive_greedy_is_lossless(tiny_models, costs, lookup):
+    target, head, _ = tiny_models
+    g = torch.Generator().manual_seed(lookup)
+    for _ in range(2):
+        ids = torch.randint(3, 30, (6,), generator=g).tolist() * 2
+        ref = autoregressive_generate(target, head, ids, 40, eos_token_id=126)[0]
+        out, st = speculative_generate(target, head, ids, 40, budget=16, topk=3, budgets=[4, 8], costs=costs,
+                                       lookup=lookup, eos_token_id=126)
+        assert out == ref
+        assert st.mode == "adaptive" and sum(st.budget_rounds.values()) == st.rounds
+
+
+def test_adaptive_static_tree_is_lossless(tiny_models):
+    target, head, _ = tiny_models
+    ids = [5, 9, 13, 5, 9, 13, 7]
+    ref = autoregressive_generate(target, head, ids, 30)[0]
+    out, _ = speculative_generate(target, head, ids, 30, budget=8, topk=3, tree="static", budgets=[4, 16],
+                                  costs={1: 1.0, 4: 1.0, 16: 1.0})
+    assert out == ref
+
+
+def test_plain_steps_when_speculation_cannot_pay(tiny_models):
+    target, head, _ = tiny_models
+    ids = list(range(3, 20))
+    out, st = speculative_generate(target, head, ids, 60, budget=16, topk=3, budgets=[4, 8], costs=DEAR_SPEC)
+    assert out == autoregressive_generate(target, head, ids, 60)[0]
+    assert st.budget_rounds.get("plain", 0) >= 0.8 * st.rounds, st.budget_rounds  # only sparse probes speculate
+
+
+def test_speculates_on_repeating_text(tiny_models):
+    target, head, _ = tiny_models
+    ids = list(range(3, 13)) * 2
+    with _memoryless(target):
+        ref = autoregressive_generate(target, head, ids, 120)[0]
+        out, st = speculative_generate(target, head, ids, 120, budget=16, topk=3, budgets=[4, 8], lookup=8,
+                                       costs={1: 1.0, 4: 1.5, 8: 1.6, 16: 2.0})
+    assert out == ref
+    assert st.budget_rounds.get("plain", 0) <= 0.5 * st.rounds, st.budget_rounds  # plain only before the cycle
+    assert min(st.accepted[-8:]) > 1 and st.tau > 2.0
+
+
+def test_adaptive_sampling_matches_the_fixed_budget_it_picks(tiny_models):
+    """With one budget that always pays, adaptive decoding runs exactly the fixed-budget rounds: same
+    seeded samples (the policy changes which graphs run, never how a round samples)."""
+    target, head, _ = tiny_models
+    ids = list(range(3, 9)) * 3
+    kw = dict(budget=16, topk=3, temperature=0.8, seed=3, lookup=4)
+    fixed = speculative_generate(target, head, ids, 30, **kw)[0]
+    adaptive, st = speculative_generate(target, head, ids, 30, budgets=[1], costs={1: 1e6}, **kw)
+    assert st.budget_rounds == {"16": st.rounds} and adaptive == fixed
+    again = speculative_generate(target, head, ids, 30, budgets=[4, 8], costs=CHEAP_SPEC, **kw)
+    assert again[0] == speculative_generate(target, head, ids, 30, budgets=[4, 8], costs=CHEAP_SPEC, **kw)[0]
+    assert len(again[0]) == 30 and all(0 <= t < target.vocab_size for t in again[0])
+
+
+def test_tree_paths_follow_the_dynamic_builder():
+    """The policy's model of a budget's tree has the builder's shape: ceil((B-1)/K) expansions of the most
+    probable node, K children each in rank order."""
+    p = [[0.6, 0.2, 0.1], [0.5, 0.3, 0.1], [0.4, 0.2, 0.1]]
+    for B in (2, 4, 7, 10, 16):
+        paths = _tree_paths(p, B, 3, 3)
+        logp = torch.log(torch.tensor(p))
+        tree = build_tree(torch.tensor([0]), torch.arange(9).reshape(3, 3) + 1, logp, B)
+        assert len(paths) == int(tree.mask.diagonal().sum()) - 1
+        # node tokens encode (depth, rank): token = 3 * depth + rank + 1
+        got = {(int(d), int(t) - 1 - 3 * (int(d) - 1)) for t, d in zip(tree.tokens[1:], tree.depth[1:])}
+        assert got == {(len(q), q[-1]) for q in paths}
+
+
+def test_policy_backs_off_and_probes():
+    pol = BudgetPolicy([Arm(4, 1, 0.01), Arm(8, 2, 0.012)], 0.002, 3)
+    picks = []
+    for _ in range(60):
+        b = pol.choose()
+        picks.append(b)
+        if b != PLAIN:
+            pol.observe(b, [7], [[1, 2, 3], [4, 5, 6]][: 1 if b == 4 else 2])  # nothing ever accepted
+    assert picks[0] != PLAIN  # the first round gathers evidence
+    probes = [i for i, b in enumerate(picks) if b != PLAIN]
+    gaps = [b - a for a, b in zip(probes, probes[1:])]
+    assert gaps == sorted(gaps) and gaps[-1] > gaps[0]  # probes back off
+    pol2 = BudgetPolicy([Arm(4, 1, 0.01), Arm(8, 2, 0.012)], 0.002, 3)
+    assert [pol2.choose() if i == 0 else pol2.choose() for i in range(1)] == picks[:1]  # deterministic
+
+
+def test_fixed_budget_must_be_compiled(aoti_artifact):
+    from jetspec_compile.errors import JetSpecError
+    from jetspec_compile.runtime import load
+
+    engine = load(aoti_artifact)
+    with pytest.raises(JetSpecError, match="budget 5 is not compiled"):
+        engine.generate([5, 6, 7], 4, budget=5)
+
+
+def test_aoti_artifact_with_budgets(tiny_models, tmp_path, inductor_cache):
+    from jetspec_compile.export.pipeline import export_model
+    from jetspec_compile.graphs import SpecConfig
+    from jetspec_compile.runtime import load
+
+    target, head, folder = tiny_models
+    out = tmp_path / "budgets"
+    m = export_model(target, head, SpecConfig(budget=8, topk=3, max_seq_len=128, prefill_chunk=16, lookup=4), out,
+                     backend="aoti", sampling=False, tokenizer_dir=folder, budgets=[4], log=lambda s: None)
+    assert m["budgets"]["compiled"] == [1, 4, 8] and set(m["budgets"]["cost_ms"]) == {"1", "4", "8", "ar_step"}
+    assert {"draft.b4", "verify.b4", "verify.b1"} <= set(m["graphs"]) and "draft.b1" not in m["graphs"]
+    engine = load(out)
+    assert engine.budgets == [1, 4, 8]
+    for ids in (list(range(3, 13)) * 3, [5, 9, 5, 9, 5, 9, 7]):
+        ref = engine.generate(ids, 50, speculative=False).tokens
+        assert engine.generate(ids, 50).tokens == ref
+        assert engine.last_stats.mode == "adaptive"
+        for b in (1, 4, 8):
+            assert engine.generate(ids, 50, budget=b).tokens == ref
+    eager = load(out, mode="eager")
+    assert eager.generate(ids, 30).tokens == ref[:30]
