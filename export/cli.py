@@ -142,6 +142,13 @@ def run_inspect(args: argparse.Namespace) -> int:
     for name, g in m["graphs"].items():
         print(f"  {name:14s} {g['file']:22s} {g['bytes'] / 2**20:7.1f} MiB  capture {g['capture_s']:6.1f}s  "
               f"compile {g['compile_s']:6.1f}s  jetspec ops {g.get('jetspec_ops', '?')}")
+    budgets = m.get("budgets")
+    if budgets:
+        cost = budgets["cost_ms"]
+        rows = ", ".join(f"{'plain' if b == 1 else f'B={b}'} {cost[str(b)]:.2f} ms (depth {budgets['depth'][str(b)]})"
+                         for b in budgets["compiled"])
+        print(f"budgets    adaptive by default; calibrated round cost: {rows}"
+              + (f"; ar_step {cost['ar_step']:.2f} ms" if "ar_step" in cost else ""))
     if m.get("autotune"):
         print(f"autotune   {m['autotune']}")
     vers = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items() if v)

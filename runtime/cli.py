@@ -44,14 +44,15 @@ def format_stats(st) -> str:
     return (f"[{st.mode}] {st.new_tokens} tokens in {st.rounds} rounds, tau {st.tau:.2f}, "
             f"{st.tokens_per_s:.1f} tok/s, prefill {st.prefill_s * 1e3:.0f} ms; per round: draft {per(st.draft_s):.2f} "
             f"ms, verify {per(st.verify_s):.2f} ms, host {per(st.host_s):.2f} ms, commit {per(st.commit_s):.2f} ms; "
-            f"finish: {st.finish_reason}" + (_acceptance(st) if st.mode == "speculative" and st.rounds else ""))
+            f"finish: {st.finish_reason}" + (_acceptance(st) if st.mode != "autoregressive" and st.rounds else ""))
 
 
 def _acceptance(st) -> str:
     hist = " ".join(f"{n}:{c}" for n, c in st.accept_histogram().items())
     depth = " ".join(f"{p:.2f}" for p in st.depth_acceptance())
     return (f"\n  committed per round (tokens:rounds) {hist}; acceptance per depth {depth or '-'}; "
-            f"lookup-chain rounds {st.lookup_rounds}/{st.rounds}")
+            f"lookup-chain rounds {st.lookup_rounds}/{st.rounds}"
+            + (f"; rounds per budget {st.budget_rounds}" if st.mode == "adaptive" else ""))
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -71,9 +72,16 @@ def run_generate(args: argparse.Namespace) -> int:
         engine.generate(args.prompt, args.max_new_tokens, speculative=False, **kw)
         ar = engine.last_stats
         print(format_stats(ar), file=sys.stderr)
-        print(f"compare: speculative {spec.tokens_per_s:.1f} tok/s vs ar_step {ar.tokens_per_s:.1f} tok/s: "
+        print(f"compare: {spec.mode} {spec.tokens_per_s:.1f} tok/s vs ar_step {ar.tokens_per_s:.1f} tok/s: "
               f"{spec.tokens_per_s / max(ar.tokens_per_s, 1e-9):.2f}x (decode only, same prompt and artifact)",
               file=sys.stderr)
+        if spec.mode == "adaptive":  # the adaptive rate next to each fixed budget's
+            for b in engine.budgets:
+                engine.generate(args.prompt, args.max_new_tokens, budget=b, **kw)
+                st = engine.last_stats
+                print(f"compare: fixed budget {'plain' if b == 1 else b}: {st.tokens_per_s:.1f} tok/s "
+                      f"({st.tokens_per_s / max(ar.tokens_per_s, 1e-9):.2f}x ar_step, tau {st.tau:.2f})",
+                      file=sys.stderr)
     return 0
 
 
