@@ -51,11 +51,14 @@ def main(argv=None) -> int:
     p.add_argument("--prompt-tokens", type=int, default=200)
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--out", default="runs/bench-adaptive")
+    p.add_argument("--recalibrate", action="store_true", help="re-measure each budget's round cost at load")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     from jetspec_compile.runtime import load
 
     engine = load(args.artifact)
+    if args.recalibrate:
+        print("round costs measured here (ms):", engine.calibrate(), flush=True)
     code = heldout_prompts(engine, args.n, args.prompt_tokens)[0]
     sets = {"code": code, "repeat": repeat_prompts(engine, args.n, args.prompt_tokens)[0],
             "prose": [engine.encode(t) for t in PROSE[: args.n]]}
