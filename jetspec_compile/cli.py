@@ -39,9 +39,10 @@ def _registrars():
     from .export.cli import register as export_commands
     from .runtime.cli import register as runtime_commands
     from .runtime.profile import register as profile_commands
+    from .runtime.serve.cli import register as serve_commands
     from .train import register_cli as train_commands
 
-    return [export_commands, runtime_commands, profile_commands, train_commands]
+    return [export_commands, runtime_commands, profile_commands, serve_commands, train_commands]
 
 
 class _Signals:
