@@ -1,8 +1,8 @@
 """Serve an artifact as a Triton Inference Server model with PyTriton (``jetspec-compile serve-triton``).
 
 The model is decoupled (streaming: one response per text piece, as the rounds commit tokens; the last
-one carries ``finish_reason`` and the token counts), with one model instance per replica, each instance
-owning one ``Engine.replica()`` (shared weights, own caches). Clients use Triton's gRPC streaming API
+one carries ``finish_reason`` and the token counts), with one model instance per replica; the replicas
+(``Engine.replica()``: shared weights, own caches) decode in the same ReplicaPool as the HTTP server. Clients use Triton's gRPC streaming API
 (``tritonclient.grpc``: ``start_stream`` + ``async_stream_infer``) or the HTTP ``generate_stream`` endpoint.
 
 Inputs (all but ``prompt`` optional, each of shape [1]): ``prompt`` (bytes, UTF-8 text), ``max_tokens``
@@ -21,6 +21,7 @@ Two things this module handles so the user does not have to:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -28,13 +29,14 @@ import shutil
 import sys
 import sysconfig
 import tempfile
-import threading
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from jetspec_compile.errors import JetSpecError
+
+from .serve.pool import ReplicaPool
 
 DEFAULT_MAX_TOKENS = 16
 
@@ -136,34 +138,41 @@ def _response(text: str, finish: str = "", tokens: int = 0) -> dict:
             "completion_tokens": np.array([tokens], dtype=np.int32)}
 
 
-def infer_function(model, engine, threads: int = 1):
-    """The decoupled inference callable of one model instance (one replica)."""
-    from .serve.pool import generate_pieces
+def infer_function(model, pool):
+    """The decoupled inference callable of one model instance: an async generator (PyTriton runs it on
+    the instance's event loop) that hands the request to the shared replica pool and yields one response
+    per text piece. PyTriton interleaves the requests of one instance on that loop, so instances must not
+    own engines: the pool does (one generation per engine at a time)."""
+    from .serve.pool import QueueFull
 
-    pinned = threading.local()
-
-    def infer(requests):
-        if not getattr(pinned, "done", False):  # OpenMP threads are per calling thread (see serve.pool)
-            import torch
-
-            torch.set_num_threads(threads)
-            pinned.done = True
+    async def infer(requests):
         for request in requests:
             params = request_params(model, request)
-            result = yield from _responses(generate_pieces(engine, params, threading.Event()))
-            yield [_response("", result.openai_finish_reason, result.completion_tokens)]
+            try:
+                job = pool.submit(params, asyncio.get_running_loop())
+            except QueueFull as e:
+                raise BadRequest(str(e)) from None
+            try:
+                async for response in _responses(job):
+                    yield [response]
+            finally:
+                job.cancel()  # a no-op once finished; stops the generation if the stream was cancelled
 
     return infer
 
 
-def _responses(pieces):
-    """One Triton response per text piece; returns the generation's Result."""
+async def _responses(job):
     while True:
-        try:
-            piece = next(pieces)
-        except StopIteration as done:
-            return done.value
-        yield [_response(piece)]
+        kind, value = await job.events.get()
+        if kind == "text":
+            yield _response(value)
+        elif kind == "done":
+            yield _response("", value.openai_finish_reason, value.completion_tokens)
+            return
+        elif kind == "error":
+            raise BadRequest(value[1]) if value[0] == 400 else RuntimeError(value[1])
+        else:
+            return
 
 
 def _tensors():
@@ -183,13 +192,15 @@ def _tensors():
 
 
 class TritonServer:
-    """Triton serving ``model`` (a ServedModel; one model instance per engine) as a decoupled model.
+    """Triton serving ``model`` (a ServedModel) as a decoupled model with one instance per engine; the
+    engines decode in a ReplicaPool (``max_queue`` requests wait, more are refused).
 
     ``start()`` launches it (about 6 s); ``stop()`` shuts it down and removes the temporary workspace. A
     context manager. ``workspace`` must not exist yet (PyTriton creates it); default: a temporary folder."""
 
     def __init__(self, model, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
-                 metrics_port: int = 8002, workspace: str | Path | None = None, threads: int = 1):
+                 metrics_port: int = 8002, workspace: str | Path | None = None, threads: int = 1,
+                 max_queue: int = 16):
         self.model, self.host, self.threads = model, host, threads
         self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
         self._tmp = None if workspace is not None else tempfile.mkdtemp(prefix="jetspec-triton-")
@@ -197,7 +208,8 @@ class TritonServer:
         if self.workspace.exists():
             raise JetSpecError(f"--workspace {self.workspace}: already exists; PyTriton needs a new folder")
         self.name = triton_model_name(model.name)
-        self.triton = None
+        self.max_queue = max_queue
+        self.triton = self.pool = None
 
     def start(self) -> "TritonServer":
         try:
@@ -211,8 +223,9 @@ class TritonServer:
                               exit_timeout_secs=5)
         self.triton = Triton(config=config, workspace=self.workspace)
         inputs, outputs = _tensors()
+        self.pool = ReplicaPool(self.model.engines, self.max_queue, threads=self.threads)
         self.triton.bind(model_name=self.name, inputs=inputs, outputs=outputs,
-                         infer_func=[infer_function(self.model, e, self.threads) for e in self.model.engines],
+                         infer_func=[infer_function(self.model, self.pool) for _ in self.model.engines],
                          config=ModelConfig(batching=False, decoupled=True), strict=True)
         with libpython_first():
             try:
@@ -231,6 +244,9 @@ class TritonServer:
         if self.triton is not None:
             self.triton.stop()
             self.triton = None
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
@@ -249,7 +265,8 @@ def serve_triton(args) -> int:
     model = build_model(args.artifact, args.instances, name=args.model_name, speculative=not args.ar,
                         device=args.device, threads=args.threads)
     server = TritonServer(model, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-                          metrics_port=args.metrics_port, workspace=args.workspace, threads=args.threads)
+                          metrics_port=args.metrics_port, workspace=args.workspace, threads=args.threads,
+                          max_queue=args.max_queue)
     with server:
         print(f"serving Triton model {server.name!r} ({args.instances} instance(s), decoupled): HTTP "
               f"http://{args.host}:{args.http_port}/v2/models/{server.name}/generate_stream, gRPC "

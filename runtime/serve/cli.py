@@ -31,6 +31,8 @@ def register(sub) -> None:
     t.add_argument("--grpc-port", type=at_least(1, 65535), default=8001)
     t.add_argument("--metrics-port", type=at_least(1, 65535), default=8002)
     t.add_argument("--instances", type=at_least(1, MAX_REPLICAS), default=1, help="model instances (replicas)")
+    t.add_argument("--max-queue", type=at_least(0, 1_000_000), default=16,
+                   help="requests waiting for a replica before new ones are refused")
     t.add_argument("--workspace", type=utf8_text, default=None,
                    help="PyTriton's workspace folder (default: a temporary folder, removed at exit)")
     t.set_defaults(func=run_serve_triton)
