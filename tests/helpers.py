@@ -61,7 +61,7 @@ class OracleDraft:
         self.g = torch.Generator().manual_seed(seed)
 
     def __call__(self, anchor, cache_len, ctx_k, ctx_v):
-        L = int(cache_len[0])
+        L = int(cache_len.reshape(-1)[0])
         D, K = self.draft.depth, self.topk
         toks = torch.zeros(D, K, dtype=torch.int64)
         for d in range(D):
@@ -75,5 +75,6 @@ class OracleDraft:
                 perm[r] = true
             toks[d] = perm
         lps = -torch.sort(torch.rand(D, K, generator=self.g) * 3, dim=-1).values
-        tree: Tree = self.draft.make_tree(anchor, toks, lps)
+        dev = anchor.device  # the GPU kit (scripts/gpu_check) runs it on CUDA
+        tree: Tree = self.draft.make_tree(anchor, toks.to(dev), lps.to(dev))
         return tree.tokens, tree.parents, tree.depth, tree.mask, tree.score

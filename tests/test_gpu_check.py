@@ -1,4 +1,4 @@
-"""Stage 7: the GPU validation kit (scripts/gpu_check.sh + scripts/gpu_check.py), checked on the CPU.
+"""Stage 7: the GPU validation kit (scripts/gpu_check.sh + the scripts/gpu_check/ package), checked on the CPU.
 
 * the summary writer on a recorded example (tests/data/gpu_check_example/results.json, a CPU dry run);
 * a bare checkout: the shell entry point on a copy of the sources elsewhere, from PYTHONPATH alone
@@ -27,9 +27,11 @@ EXAMPLE = ROOT / "tests" / "data" / "gpu_check_example" / "results.json"
 
 
 def _load_kit():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    folder = ROOT / "scripts" / "gpu_check"
+    spec = importlib.util.spec_from_file_location("gpu_check", folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
     mod = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = mod  # dataclasses look their module up there
+    sys.modules["gpu_check"] = mod  # its modules import each other through the package
     spec.loader.exec_module(mod)
     return mod
 
@@ -69,7 +71,7 @@ def test_summary_from_recorded_example(kit, tmp_path):
     results = json.loads(EXAMPLE.read_text())
     js, md = kit.write_summary(results, tmp_path)
     summary = json.loads(js.read_text())
-    # golden files next to the recording (regenerate with: python scripts/gpu_check.py summarize <that folder>)
+    # golden files next to the recording (regenerate with: python scripts/gpu_check summarize <that folder>)
     assert md.read_text() == (EXAMPLE.parent / "summary.md").read_text()
     assert summary == json.loads((EXAMPLE.parent / "summary.json").read_text())
     assert summary["dry_run"] is True and summary["overall"] == "pass"
