@@ -86,6 +86,9 @@ def test_profile_two_budgets_writes_json_csv_png(artifact, inductor_cache, capsy
             s = r["stages_ms"][stage]
             assert _finite_pos(s["median"]) and _finite_pos(s["p90"]) and s["p90"] >= s["median"]
         assert r["lossless_prompts"] == len(PROMPTS)  # greedy speculative == ar_step, token for token
+        # one compiled budget per decoder here: every round ran at it (adaptive artifacts add "plain" etc.)
+        assert r["budget_rounds"] == {str(r["budget"]): r["rounds"]} and r["budget_share"] == {str(r["budget"]): 1.0}
+    assert "rounds by budget" in log and f" {BUDGET}:100%" in log
     assert rows[4]["compile_cached"] is False and _finite_pos(rows[4]["compile_s"])
     sweep = res["sweep"]["compiled"]["4"]
     assert set(sweep["compile_s"]) == {"draft", "verify"} and _finite_pos(res["sweep"]["build_s_this_run"])
@@ -99,6 +102,7 @@ def test_profile_two_budgets_writes_json_csv_png(artifact, inductor_cache, capsy
                     "host_ms_median", "commit_ms_p90"):
             assert _finite_pos(float(r[key])), (key, r[key])
         assert 0.0 <= float(r["host_share"]) < 1.0
+        assert r["budget_share"] == f"{r['budget']}:1"
 
     for name in ("speedup.png", "tau.png", "stages.png"):
         data = (out / name).read_bytes()
