@@ -28,6 +28,7 @@ def run(ctx: Ctx) -> dict:
     engine = load(folder, ctx.device)
     load_s = time.perf_counter() - t0
     target, head = build_models(dims, ctx.device)
+    head.set_depth(int(engine.manifest["head"]["depth"]))  # export drafts only the depths the tree can reach
     spec = spec_for(dims, engine.manifest["shapes"]["budget"])
     names = list(engine.manifest["graphs"])
     eager = build_graphs(target, head, spec, names)
