@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .errors import JetSpecError
 
-__all__ = ["demo_dir", "demo_target_path", "demo_head_path", "demo_tokenizer_path", "demo_heldout_files"]
+__all__ = ["demo_dir", "demo_target_path", "demo_head_path", "demo_heldout_files"]
 
 
 def demo_dir() -> Path:
@@ -42,11 +42,6 @@ def demo_target_path() -> Path:
 def demo_head_path() -> Path:
     """The demo JetSpec head folder (released layout: config.json, model.safetensors)."""
     return _need(demo_dir() / "head" / "model.safetensors", "head").parent
-
-
-def demo_tokenizer_path() -> Path:
-    """The demo tokenizer (``tokenizers`` / ``PreTrainedTokenizerFast`` JSON)."""
-    return _need(demo_dir() / "target" / "tokenizer.json", "tokenizer")
 
 
 def demo_heldout_files(existing_only: bool = True) -> list[Path]:

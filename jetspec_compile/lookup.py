@@ -53,7 +53,7 @@ from torch import Tensor
 
 from .tree import Tree
 
-__all__ = ["NgramIndex", "attach_chain", "chain_tensors", "combined_depth"]
+__all__ = ["NgramIndex", "attach_chain", "chain_tensors"]
 
 
 class NgramIndex:
@@ -135,11 +135,6 @@ class NgramIndex:
 # ---- the lookup chain in the draft tree (traceable) -------------------------------------------------------
 
 
-def combined_depth(tree_depth: int, chain_length: int) -> int:
-    """The ``max_depth`` to pass to :func:`jetspec_compile.accept.accept` for a tree with a chain."""
-    return max(int(tree_depth), int(chain_length))
-
-
 def chain_tensors(chain: Sequence[int], length: int, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
     """Host helper: a proposal (at most ``length`` tokens) as the graph inputs (chain int64 [length]
     zero-padded, chain_len int64 [1])."""
@@ -171,7 +166,7 @@ def attach_chain(tree: Tree, chain: Tensor, chain_len: Tensor, *, merge: bool = 
     (i >= chain_len, and with ``merge`` the d nodes already present in the tree) are padding (token 0,
     parent -1, depth 0, score -inf, all-False mask row and column). With ``merge`` chain node d hangs
     from the tree node m that already spells chain[0:d] (see the module docstring). Accept the result
-    with ``max_depth=combined_depth(D, L)``.
+    with ``max_depth=max(D, L)`` (the chain can reach deeper than the head's tree).
     """
     L = int(chain.shape[0])
     if L == 0:

@@ -161,11 +161,6 @@ class Target(nn.Module):
         )
         return hidden[0], taps[0]
 
-    def empty_cache(self, max_len: int) -> tuple[Tensor, Tensor]:
-        shape = (self.num_layers, self.num_kv_heads, max_len, self.head_dim)
-        z = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        return z, z.clone()
-
 
 def _read_config(folder: Path) -> dict:
     cfg_path = folder / "config.json"

@@ -82,21 +82,3 @@ def tiny_head(
         rope_theta=float(cfg.rope_parameters["rope_theta"]) if getattr(cfg, "rope_parameters", None) else 1e6,
     )
     return DraftHead(config).init_weights(seed=seed, std=std).to(target.dtype).eval()
-
-
-def tiny_char_tokenizer(vocab_size: int = 128):
-    """A character-level ``tokenizers.Tokenizer``: printable ASCII + newline, then fillers; the last two ids
-    are ``<eos>`` and ``<mask>``. For tests that need text (stop strings, streaming, CLI)."""
-    from tokenizers import Tokenizer, decoders, models
-
-    if vocab_size < 98:
-        raise ValueError("tiny_char_tokenizer needs vocab_size >= 98")
-    vocab = {chr(32 + i): i for i in range(95)}
-    vocab["\n"] = 95
-    for i in range(96, vocab_size - 2):
-        vocab[f"<x{i}>"] = i
-    vocab["<eos>"], vocab["<mask>"] = vocab_size - 2, vocab_size - 1
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.add_special_tokens(["<eos>", "<mask>"])
-    tok.decoder = decoders.Fuse()
-    return tok

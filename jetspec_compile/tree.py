@@ -45,9 +45,6 @@ class Tree:
     def budget(self) -> int:
         return int(self.tokens.shape[0])
 
-    def positions(self, offset: Tensor | int) -> Tensor:
-        return self.depth + offset
-
 
 def build_tree(root_token: Tensor, topk_tokens: Tensor, topk_logprobs: Tensor, budget: int) -> Tree:
     """Best-first tree of exactly ``budget`` nodes from per-depth top-K candidates, as fixed-shape tensors.

@@ -46,7 +46,8 @@ TINY_SPEC = dict(budget=16, topk=3, max_seq_len=96, prefill_chunk=16)
 @pytest.fixture(scope="session")
 def tiny_models():
     """A tiny target (char tokenizer, <eos> = 126) and head, and the folder it is saved in."""
-    from jetspec_compile.tiny import tiny_char_tokenizer, tiny_head, tiny_target
+    from helpers import tiny_char_tokenizer
+    from jetspec_compile.tiny import tiny_head, tiny_target
 
     torch.manual_seed(0)
     target = tiny_target(num_layers=4, eos_token_id=126)

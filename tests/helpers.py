@@ -78,3 +78,28 @@ class OracleDraft:
         dev = anchor.device  # the GPU kit (scripts/gpu_check) runs it on CUDA
         tree: Tree = self.draft.make_tree(anchor, toks.to(dev), lps.to(dev))
         return tree.tokens, tree.parents, tree.depth, tree.mask, tree.score
+
+
+def empty_cache(target, max_len: int):
+    """Zero K and V caches [layers, kv_heads, max_len, head_dim] for ``target``."""
+    shape = (target.num_layers, target.num_kv_heads, max_len, target.head_dim)
+    z = torch.zeros(shape, dtype=target.dtype, device=target.device)
+    return z, z.clone()
+
+
+def tiny_char_tokenizer(vocab_size: int = 128):
+    """A character-level ``tokenizers.Tokenizer``: printable ASCII + newline, then fillers; the last two ids
+    are ``<eos>`` and ``<mask>``. For tests that need text (stop strings, streaming, CLI)."""
+    from tokenizers import Tokenizer, decoders, models
+
+    if vocab_size < 98:
+        raise ValueError("tiny_char_tokenizer needs vocab_size >= 98")
+    vocab = {chr(32 + i): i for i in range(95)}
+    vocab["\n"] = 95
+    for i in range(96, vocab_size - 2):
+        vocab[f"<x{i}>"] = i
+    vocab["<eos>"], vocab["<mask>"] = vocab_size - 2, vocab_size - 1
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.add_special_tokens(["<eos>", "<mask>"])
+    tok.decoder = decoders.Fuse()
+    return tok

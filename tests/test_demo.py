@@ -18,7 +18,7 @@ def demo():
         target = load_target(demo_paths.demo_target_path(), tap_layers=head.target_layer_ids)
     except JetSpecError as e:
         pytest.skip(str(e))
-    tok = Tokenizer.from_file(str(demo_paths.demo_tokenizer_path()))
+    tok = Tokenizer.from_file(str(demo_paths.demo_target_path() / "tokenizer.json"))
     files = [f for f in demo_paths.demo_heldout_files() if len(f.read_text(errors="replace")) > 4000][:3]
     prompts = [tok.encode(f.read_text(errors="replace")).ids[200:328] for f in files]  # 128 tokens each
     assert len(prompts) == 3

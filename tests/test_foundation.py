@@ -12,6 +12,8 @@ from jetspec_compile.attention import CacheAttention, causal_mask
 from jetspec_compile.head import expected_keys
 from jetspec_compile.tiny import tiny_head, tiny_qwen3, tiny_target
 
+from helpers import empty_cache
+
 
 def test_default_tap_layers_reference_rule():
     assert default_tap_layers(36, 5) == [1, 9, 17, 25, 33]
@@ -42,7 +44,7 @@ def test_functional_step_equals_plain_forward():
     ids = torch.randint(0, 128, (20,))
     with torch.no_grad():
         full = target(ids)
-        kc, vc = target.empty_cache(32)
+        kc, vc = empty_cache(target, 32)
         # first 13 rows through the cache path, then the last 7 against the cached prefix
         st = CacheAttention(kc, vc, torch.tensor([0]), causal_mask(13))
         h1, t1 = target.step(ids[:13], torch.arange(13), st)

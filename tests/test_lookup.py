@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from jetspec_compile.accept import accept
-from jetspec_compile.lookup import NgramIndex, attach_chain, chain_tensors, combined_depth
+from jetspec_compile.lookup import NgramIndex, attach_chain, chain_tensors
 from jetspec_compile.tree import Tree, build_tree, static_tree_from_paths
 
 # ---- NgramIndex ---------------------------------------------------------------------------------------------
@@ -250,7 +250,7 @@ def test_accept_follows_chain_when_target_does():
         c = attach_chain(t, torch.tensor([3, 8, 9, 7]), torch.tensor([4]), merge=merge)
         rng = random.Random(0)
         tt = target_following(c, [3, 8, 9, 7, 6], rng, 10)
-        acc = accept(c.tokens, c.parents, c.depth, c.mask, torch.tensor(tt), combined_depth(2, L))
+        acc = accept(c.tokens, c.parents, c.depth, c.mask, torch.tensor(tt), max(2, L))
         assert acc.length.item() == 4
         assert acc.out_tokens.tolist() == [3, 8, 9, 7, 6]
         if merge:  # chain node 0 (token 3) duplicates tree node 2: the path runs through it
@@ -264,7 +264,7 @@ def test_accept_tie_goes_to_head_tree():
     t = build_tree(torch.tensor([1]), torch.tensor([[2, 3], [4, 5]]), torch.log(torch.tensor([[0.6, 0.4], [0.7, 0.3]])), B)
     c = attach_chain(t, torch.tensor([2, 4, 0]), torch.tensor([2]), merge=False)  # duplicates tree path 0-1-3
     tt = target_following(c, [2, 4, 6], random.Random(0), 10)
-    acc = accept(c.tokens, c.parents, c.depth, c.mask, torch.tensor(tt), combined_depth(2, 3))
+    acc = accept(c.tokens, c.parents, c.depth, c.mask, torch.tensor(tt), max(2, 3))
     assert acc.length.item() == 2 and acc.path.tolist()[:3] == [0, 1, 3]
 
 
@@ -274,7 +274,7 @@ def test_accept_never_takes_padding():
     for n in (0, 1):
         c = attach_chain(t, torch.tensor([0, 0, 0, 0]), torch.tensor([n]))
         tt = torch.zeros(B + L, dtype=torch.int64)  # the target says 0 everywhere: padding tokens are 0 too
-        acc = accept(c.tokens, c.parents, c.depth, c.mask, tt, combined_depth(2, L))
+        acc = accept(c.tokens, c.parents, c.depth, c.mask, tt, max(2, L))
         assert acc.length.item() == n and acc.path.tolist()[1:] == ([B] if n else []) + [0] * (L - n)
 
 
@@ -288,7 +288,7 @@ def test_accept_on_random_combined_trees():
         vocab = 8
         truth = chain[:rng.randint(0, n)] + [rng.randrange(vocab) for _ in range(8)]
         tt = target_following(c, truth, rng, vocab)
-        acc = accept(c.tokens, c.parents, c.depth, c.mask, torch.tensor(tt), combined_depth(D, len(chain)))
+        acc = accept(c.tokens, c.parents, c.depth, c.mask, torch.tensor(tt), max(D, len(chain)))
         node, a = ref_accept(c, tt)
         assert acc.length.item() == a and acc.path[a].item() == node
         assert bool(c.valid[acc.path[: a + 1]].all())
@@ -318,7 +318,7 @@ class _LookupModule(torch.nn.Module):
 def test_attach_chain_exports(merge):
     B, L = 5, 4
     t = build_tree(torch.tensor([1]), torch.tensor([[2, 3], [4, 5]]), torch.log(torch.tensor([[0.6, 0.4], [0.7, 0.3]])), B)
-    mod = _LookupModule(merge, combined_depth(2, L))
+    mod = _LookupModule(merge, max(2, L))
 
     def inputs(chain, n, tt):
         return (t.tokens, t.parents, t.depth, t.mask, t.score, torch.tensor(chain), torch.tensor([n]), torch.tensor(tt))

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from helpers import OracleDraft, heap_tree, walk_accept
+from helpers import OracleDraft, empty_cache, heap_tree, walk_accept
 from jetspec_compile.accept import accept, filter_logits, sample_tokens
 from jetspec_compile.attention import CacheAttention, causal_mask
 from jetspec_compile.graphs import SpecConfig, build_graphs
@@ -123,7 +123,7 @@ def test_tree_path_logits_equal_sequential():
     verify = build_graphs(target, head, spec, ("verify",))["verify"]
     prefix = torch.randint(0, 127, (9,))
     L = 8  # cache holds prefix[:-1]; prefix[-1] is the root
-    kc, vc = target.empty_cache(64)
+    kc, vc = empty_cache(target, 64)
     with torch.no_grad():
         st = CacheAttention(kc, vc, torch.tensor([0]), causal_mask(L))
         target.step(prefix[:L], torch.arange(L), st)

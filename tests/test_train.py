@@ -10,7 +10,7 @@ from jetspec_compile import JetSpecError, load_draft_head, load_target
 from jetspec_compile.tiny import tiny_head, tiny_qwen3, tiny_target
 from jetspec_compile.train import (
     BlockTrainingAttention,
-    block_student_logits,
+    block_student_hidden,
     build_head_for_target,
     chain_walk_tau,
     evaluate_head,
@@ -24,6 +24,12 @@ from jetspec_compile.train import (
     train_head,
     warm_start_head,
 )
+
+
+def block_student_logits(head, target, ids, taps, anchors):
+    """Per-depth student logits [nb, D, vocab] of the blocks at ``anchors`` (slot d -> depth d)."""
+    h = block_student_hidden(head, target, ids, taps, anchors)[:, 1:]
+    return target.lm_head(h.to(target.dtype)).float()
 
 
 # ---- the key property: one batched forward == per-anchor drafting ------------------------------------

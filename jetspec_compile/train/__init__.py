@@ -27,7 +27,7 @@ warm-started heads), :mod:`.evaluation` (held-out loss, agreement, chain tau), :
 (``rich.progress``), :mod:`.loop` (``train_head``, curves), :mod:`.cli` (``train-head``).
 """
 
-from .attention import BlockTrainingAttention, block_student_hidden, block_student_logits
+from .attention import BlockTrainingAttention, block_student_hidden
 from .cli import EOS_TOKEN, MASK_TOKEN, main, register_cli
 from .data import TrainSequence, load_documents, make_sequences, regenerate, sample_anchors
 from .evaluation import chain_walk_tau, evaluate_head
@@ -39,7 +39,6 @@ __all__ = [
     "BlockTrainingAttention",
     "TrainSequence",
     "block_student_hidden",
-    "block_student_logits",
     "build_head_for_target",
     "chain_walk_tau",
     "depth_weights",

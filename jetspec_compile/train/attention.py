@@ -73,9 +73,3 @@ def block_student_hidden(head: DraftHead, target: Target, ids: Tensor, taps: Ten
         h = layer(h, attention_mask=None, position_ids=positions, position_embeddings=pe, jetspec_cache=state)
         h = h[0] if isinstance(h, tuple) else h
     return head.norm(h)[0].reshape(nb, bs, -1)
-
-
-def block_student_logits(head: DraftHead, target: Target, ids: Tensor, taps: Tensor, anchors: Tensor) -> Tensor:
-    """Per-depth student logits [nb, D, vocab] of the blocks at ``anchors`` (slot d -> depth d)."""
-    h = block_student_hidden(head, target, ids, taps, anchors)[:, 1:]
-    return target.lm_head(h.to(target.dtype)).float()
