@@ -66,7 +66,7 @@ def budget_graph_names(budget: int, sampling: bool) -> tuple[str, ...]:
 
 @dataclass
 class SpecConfig:
-    """Static shapes of one compiled model (DESIGN.md §3)."""
+    """Static shapes of one compiled model: every graph is captured and compiled for these sizes."""
 
     budget: int = 64  # B: nodes verified per round, root included
     topk: int = 7  # K: candidates per depth

@@ -19,7 +19,8 @@ in practice), O(n_max + L) per propose; measured 4.2 us median, 5.5 us p90 per d
 **attach_chain** (device, traceable). Appends a lookup chain of static length L to a draft tree of
 B nodes, giving a tree of B + L nodes under the :class:`jetspec_compile.tree.Tree` contract, with
 fixed shapes, no host synchronisation and no data-dependent Python control flow (masks and
-``torch.where`` only; PITFALLS #8), so it can live inside an exported ``draft`` or ``verify`` graph.
+``torch.where`` only: export cannot capture a Python branch on a tensor value), so it can live inside an
+exported ``draft`` or ``verify`` graph.
 
   * Chain node i (node B+i) is real when it is used: i < chain_len (and, when merging, i >= d, see
     below). It carries token chain[i], depth i+1, parent the root (i == 0) or node B+i-1, and its

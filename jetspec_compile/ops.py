@@ -139,7 +139,8 @@ def _(q, k, v, k_cache, v_cache, cache_len, mask, scale):
 @torch.library.register_fake("jetspec::tree_attention")
 def _(q, k, v, k_cache, v_cache, cache_len, mask, scale):
     hq, t, hd = q.shape
-    # Exactly what both kernels return: a fresh contiguous [T, Hq, hd] tensor (PITFALLS #2).
+    # Exactly what both kernels return: a fresh contiguous [T, Hq, hd] tensor. Compilers plan buffers from
+    # the fake, so a different shape, stride or aliasing here would break compiled graphs, not eager ones.
     return q.new_empty((t, hq, hd))
 
 

@@ -7,7 +7,8 @@ import torch
 
 torch.set_num_threads(1)  # two OpenMP threads give random 5-10x latency spikes on the CI machines
 
-# Compiling tests write the Inductor cache into a throwaway folder (PITFALLS #10), removed at exit.
+# Compiling tests write the Inductor cache into a throwaway folder, removed at exit (the default cache folder
+# under the temp dir would otherwise grow with every run).
 _INDUCTOR_DIR = tempfile.mkdtemp(prefix="jetspec-inductor-")
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", _INDUCTOR_DIR)
 
@@ -21,7 +22,7 @@ def _seed_and_threads():
 
 @pytest.fixture
 def inductor_cache(tmp_path, monkeypatch):
-    """A throwaway Inductor cache, so compiling tests do not grow the default temp folder (PITFALLS #10)."""
+    """A throwaway Inductor cache, so compiling tests do not grow the default cache folder in the temp dir."""
     d = tmp_path / "inductor"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(d))
     return d

@@ -2,8 +2,8 @@
 
 * Interpreter: `tests/tree_attention_interp.py` runs the kernel under TRITON_INTERPRET=1 in a
   subprocess (the variable must be set before the kernel module is imported; this process keeps it
-  unset so opcheck and fake tracing never meet the interpreter, PITFALLS #3) and reports, per case,
-  the max abs error against `tree_attention_reference`.
+  unset so opcheck and fake tracing never meet the interpreter, which patches Triton process-wide) and
+  reports, per case, the max abs error against `tree_attention_reference`.
 * opcheck of the op's CPU path; the launch heuristic; an sm_90 ahead-of-time compile of the kernels
   (no GPU needed); the benchmark script's --dry-run plumbing.
 * GPU (`-m gpu`): the CUDA op against the reference in fp16 and bf16, without host syncs and under
@@ -97,7 +97,8 @@ def test_interpreter_helper_refuses_without_env():
 
 
 def test_interp_not_set_in_this_process():
-    # opcheck and fake tracing must never call the interpreted kernel (PITFALLS #3)
+    # opcheck and fake tracing must never call the interpreted kernel (TRITON_INTERPRET=1 patches Triton for
+    # the whole process once the kernel module is imported)
     assert os.environ.get("TRITON_INTERPRET", "0") != "1"
 
 
