@@ -9,9 +9,11 @@ remove their partial output on the way out.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
+import warnings
 from typing import NoReturn
 
 from . import __version__
@@ -70,7 +72,42 @@ class _Signals:
             raise KeyboardInterrupt
 
 
+# Deprecation notices raised inside torch itself (not by this package's calls), which
+# would otherwise spill into every export's output. Matched by category and the start of the message, so any
+# other warning still shows.
+KNOWN_LIBRARY_WARNINGS = [
+    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),  # torch.utils._pytree, from export
+    (FutureWarning, r"`torch\._prims_common\.check` is deprecated"),  # torch._inductor.lowering
+]
+
+
+# Log records of the same kind: without torchvision (which this package does not need), torch.onnx's exporter
+# logs "torchvision is not installed. Skipping torchvision::..." eight times per exported graph.
+KNOWN_LIBRARY_LOG_RECORDS = [
+    ("torch.onnx._internal.exporter._registration", "torchvision is not installed"),
+]
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def _quiet_known_library_warnings() -> None:
+    for category, message in KNOWN_LIBRARY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for logger, prefix in KNOWN_LIBRARY_LOG_RECORDS:
+        log = logging.getLogger(logger)
+        if not any(isinstance(f, _DropMessages) and f.prefix == prefix for f in log.filters):
+            log.addFilter(_DropMessages(prefix))
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_known_library_warnings()
     with _Signals() as signals:
         try:
             return _run(argv)
