@@ -96,11 +96,8 @@ def _eos_id(target: Target, tok) -> int | None:
     return None if eos is None else int(eos)
 
 
-def _cmd_train_head(args) -> int:
-    from tokenizers import Tokenizer
-
-    from ..target import load_target
-
+def _check_args(args) -> tuple[Path, Path, Path]:
+    """(target folder, its tokenizer.json, --out) after the checks that need no model."""
     folder = Path(args.target)
     if not folder.is_dir():
         raise JetSpecError(f"{folder}: target folder not found")
@@ -116,17 +113,11 @@ def _cmd_train_head(args) -> int:
             raise JetSpecError(f"{name} is {v}; expected >= {lo}")
     if args.init and getattr(args, "init_from_target", None) is not None:
         raise JetSpecError("--init continues a saved head and --init-from-target starts a new one: give one of them")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        tok = Tokenizer.from_file(str(tok_path))
-    except Exception as e:
-        raise JetSpecError(f"{tok_path}: cannot load the tokenizer ({e})") from None
-    docs = load_documents(args.data)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    target = load_target(folder, dtype=getattr(torch, args.target_dtype), device=device)
-    mask_id = _mask_token(tok, args)
-    eos = _eos_id(target, tok)
+    return folder, tok_path, out
+
+
+def _training_pool(args, tok, docs, eos: int | None) -> list:
+    """Training sequences (or, with --regenerate, the prompts to regenerate from), shuffled and capped."""
     L = args.seq_len
     encs = tok.encode_batch([text for text, _ in docs], add_special_tokens=False)
     prompt_len = args.prompt_len or max(1, L // 4)
@@ -150,39 +141,68 @@ def _cmd_train_head(args) -> int:
         del pool[args.max_sequences:]
     if not pool:
         raise JetSpecError(f"{', '.join(args.data)}: no training sequence of >= 3 tokens after tokenisation")
-    print(f"train-head: {len(pool)} {'prompts' if args.regenerate else 'sequences'} from {len(docs)} documents; "
-          f"target {folder} ({target.num_layers} layers, hidden {target.hidden_size}, vocab {target.vocab_size}) "
-          f"on {device}", file=sys.stderr)
-    if args.regenerate:
-        t0 = time.time()
-        pool = regenerate(target, pool, total_len=L, eos_token_id=eos, batch=args.regen_batch,
-                          progress=not args.no_progress)
-        print(f"train-head: regenerated {len(pool)} sequences in {time.time() - t0:.0f}s", file=sys.stderr)
-    n_eval = int(round(len(pool) * args.eval_fraction))
-    eval_seqs, train_seqs = pool[:n_eval], pool[n_eval:]
-    if not train_seqs:
-        raise JetSpecError("--eval-fraction leaves no training sequence")
+    return pool
+
+
+def _new_head(args, target: Target, mask_id: int):
     if args.init:
-        head = warm_start_head(target, args.init, tap_layers=args.tap_layers)
-    else:
-        head = build_head_for_target(target, mask_token_id=mask_id, num_layers=args.layers,
-                                     block_size=args.depth + 1, num_taps=args.taps, tap_layers=args.tap_layers,
-                                     causal=not args.bidirectional, seed=args.seed)
-        if getattr(args, "init_from_target", None) is not None:
-            init_head_from_target(head, target, layers=args.init_from_target or None)
-    log = train_head(target, head, train_seqs, steps=args.steps, lr=args.lr, anchors=args.anchors,
-                     kd_temperature=args.kd_temperature, batch=args.batch, seed=args.seed,
-                     loss_decay_gamma=args.loss_decay_gamma, out=out,
-                     save_every=args.save_every, eval_sequences=eval_seqs or None,
-                     eval_every=args.eval_every if eval_seqs else None, max_minutes=args.max_minutes,
-                     progress=not args.no_progress)
+        return warm_start_head(target, args.init, tap_layers=args.tap_layers)
+    head = build_head_for_target(target, mask_token_id=mask_id, num_layers=args.layers,
+                                 block_size=args.depth + 1, num_taps=args.taps, tap_layers=args.tap_layers,
+                                 causal=not args.bidirectional, seed=args.seed)
+    if getattr(args, "init_from_target", None) is not None:
+        init_head_from_target(head, target, layers=args.init_from_target or None)
+    return head
+
+
+def _summary(log: dict, out: Path) -> dict:
     summary = {"out": str(out), "steps": log["steps_done"], "final_loss": log["final_loss"],
                "wall_seconds": round(log["wall_seconds"], 1)}
     if log.get("final_eval"):
         summary["heldout_loss"] = log["final_eval"]["loss"]
         summary["heldout_tau"] = log["final_eval"]["tau"]
         summary["heldout_top1"] = [round(x, 4) for x in log["final_eval"]["top1"]]
-    print(json.dumps(summary))
+    return summary
+
+
+def _cmd_train_head(args) -> int:
+    from tokenizers import Tokenizer
+
+    from ..target import load_target
+
+    folder, tok_path, out = _check_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        tok = Tokenizer.from_file(str(tok_path))
+    except Exception as e:
+        raise JetSpecError(f"{tok_path}: cannot load the tokenizer ({e})") from None
+    docs = load_documents(args.data)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    target = load_target(folder, dtype=getattr(torch, args.target_dtype), device=device)
+    mask_id = _mask_token(tok, args)
+    eos = _eos_id(target, tok)
+    pool = _training_pool(args, tok, docs, eos)
+    print(f"train-head: {len(pool)} {'prompts' if args.regenerate else 'sequences'} from {len(docs)} documents; "
+          f"target {folder} ({target.num_layers} layers, hidden {target.hidden_size}, vocab {target.vocab_size}) "
+          f"on {device}", file=sys.stderr)
+    if args.regenerate:
+        t0 = time.time()
+        pool = regenerate(target, pool, total_len=args.seq_len, eos_token_id=eos, batch=args.regen_batch,
+                          progress=not args.no_progress)
+        print(f"train-head: regenerated {len(pool)} sequences in {time.time() - t0:.0f}s", file=sys.stderr)
+    n_eval = int(round(len(pool) * args.eval_fraction))
+    eval_seqs, train_seqs = pool[:n_eval], pool[n_eval:]
+    if not train_seqs:
+        raise JetSpecError("--eval-fraction leaves no training sequence")
+    head = _new_head(args, target, mask_id)
+    log = train_head(target, head, train_seqs, steps=args.steps, lr=args.lr, anchors=args.anchors,
+                     kd_temperature=args.kd_temperature, batch=args.batch, seed=args.seed,
+                     loss_decay_gamma=args.loss_decay_gamma, out=out,
+                     save_every=args.save_every, eval_sequences=eval_seqs or None,
+                     eval_every=args.eval_every if eval_seqs else None, max_minutes=args.max_minutes,
+                     progress=not args.no_progress)
+    print(json.dumps(_summary(log, out)))
     return 0
 
 

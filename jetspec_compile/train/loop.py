@@ -6,6 +6,7 @@ import json
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +19,7 @@ from .data import TrainSequence, _as_sequence, sample_anchors
 from .evaluation import evaluate_head
 from .loss import _active_weight, _sequence_stats, _teacher
 from .progress import _fmt_top1, _progress
+
 
 def _lr_at(step: int, total: int, peak: float, warmup: int, floor: float) -> float:
     if step < warmup:
@@ -72,6 +74,41 @@ def train_head(
     if kd_temperature <= 0:
         raise JetSpecError(f"train_head: kd_temperature is {kd_temperature}; expected > 0")
     head.check_compatible(target)
+    seqs = _usable_sequences(target, sequences)
+    opts = _Options(steps=steps, lr=lr, anchors=anchors, kd_temperature=kd_temperature, batch=batch, seed=seed,
+                    loss_decay_gamma=loss_decay_gamma, weight_decay=weight_decay,
+                    warmup_steps=int(warmup) if warmup >= 1 else max(1, int(round(warmup * steps))),
+                    min_lr_ratio=min_lr_ratio, grad_clip=grad_clip, anchor_chunk=anchor_chunk,
+                    autocast_dtype=autocast_dtype, save_every=save_every, eval_every=eval_every,
+                    max_minutes=max_minutes, log_every=log_every)
+    torch.manual_seed(seed)
+    grad_flags = {n: p.requires_grad for n, p in target.named_parameters()}
+    target.requires_grad_(False)
+    target.eval()
+    head.train()
+    run = _Training(target, head, seqs, opts, eval_sequences, Path(out) if out is not None else None)
+    if eval_sequences and eval_every:
+        run.evaluate(0)
+    step = 0
+    try:
+        with _progress(progress, "train-head", steps, log_every) as bar:
+            for step in range(steps):
+                loss, cur_lr = run.step(step)
+                bar.advance(1, info=run.record(step, loss, cur_lr))
+                if run.after_step(step + 1):
+                    break
+        step += 1
+        if eval_sequences:
+            run.evaluate(step)
+    finally:
+        for n, p in target.named_parameters():
+            p.requires_grad_(grad_flags[n])
+        head.eval()
+    return run.finish(step)
+
+
+def _usable_sequences(target: Target, sequences: Sequence) -> list[TrainSequence]:
+    """The sequences on the target's device, those too short for an anchor left out; ids checked."""
     seqs = [_as_sequence(s) for s in sequences]
     seqs = [TrainSequence(s.ids.to(target.device), s.first_anchor) for s in seqs
             if s.ids.numel() - 2 >= max(0, s.first_anchor)]
@@ -82,130 +119,180 @@ def train_head(
         if bad.numel():
             raise JetSpecError(f"train_head: sequence {i} has token id {int(bad[0])} outside the target's "
                                f"vocabulary 0..{target.vocab_size - 1}")
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    rng = random.Random(seed)
-    D = head.depth
-    grad_flags = {n: p.requires_grad for n, p in target.named_parameters()}
-    target.requires_grad_(False)
-    target.eval()
-    head.train()
-    params = [p for p in head.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
-    warm = int(warmup) if warmup >= 1 else max(1, int(round(warmup * steps)))
-    order: list[int] = []
-    log: dict = {"steps": [], "loss": [], "lr": [], "top1": [], "tau_per_anchor": [], "elapsed": [], "eval": [],
-                 "config": {"steps": steps, "lr": lr, "anchors": anchors, "kd_temperature": kd_temperature,
-                            "batch": batch, "seed": seed, "loss_decay_gamma": loss_decay_gamma,
-                            "weight_decay": weight_decay, "warmup_steps": warm,
-                            "min_lr_ratio": min_lr_ratio, "grad_clip": grad_clip, "block_size": head.block_size,
-                            "autocast_dtype": str(autocast_dtype) if autocast_dtype else None,
-                            "causal": head.causal, "head_layers": int(head.config.num_hidden_layers),
-                            "target_layer_ids": head.target_layer_ids, "sequences": len(seqs)}}
-    win_agree, win_count = torch.zeros(D), torch.zeros(D)
-    win_lead = win_blocks = 0
-    rows_total = 0
-    t0 = time.time()
-    out_path = Path(out) if out is not None else None
+    return seqs
 
-    def do_eval(step: int) -> None:
-        if not eval_sequences:
+
+@dataclass
+class _Options:
+    steps: int
+    lr: float
+    anchors: int
+    kd_temperature: float
+    batch: int
+    seed: int
+    loss_decay_gamma: float
+    weight_decay: float
+    warmup_steps: int
+    min_lr_ratio: float
+    grad_clip: float
+    anchor_chunk: int | None
+    autocast_dtype: torch.dtype | None
+    save_every: int | None
+    eval_every: int | None
+    max_minutes: float | None
+    log_every: int
+
+
+class _Window:
+    """Per-depth top-1 agreement and accepted-length counts since the last logged step."""
+
+    def __init__(self, depth: int):
+        self.depth = depth
+        self.reset()
+
+    def reset(self) -> None:
+        self.agree, self.count = torch.zeros(self.depth), torch.zeros(self.depth)
+        self.lead = self.blocks = 0
+
+    def add(self, st) -> None:
+        self.agree += st.agree
+        self.count += st.count
+        self.lead += st.lead
+        self.blocks += st.blocks
+
+    def top1(self) -> list[float]:
+        return (self.agree / self.count.clamp_min(1)).tolist()
+
+    def tau(self) -> float:
+        return 1 + self.lead / max(self.blocks, 1)
+
+
+class _Training:
+    """One training run: optimizer, batch order, the log, evaluations and checkpoints."""
+
+    def __init__(self, target: Target, head: DraftHead, seqs: list[TrainSequence], opts: _Options,
+                 eval_sequences: Sequence | None, out_path: Path | None):
+        self.target, self.head, self.seqs, self.o = target, head, seqs, opts
+        self.eval_sequences, self.out_path = eval_sequences, out_path
+        self.g = torch.Generator().manual_seed(opts.seed)
+        self.rng = random.Random(opts.seed)
+        self.params = [p for p in head.parameters() if p.requires_grad]
+        decay = [p for p in self.params if p.dim() >= 2]
+        no_decay = [p for p in self.params if p.dim() < 2]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": opts.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=opts.lr, betas=(0.9, 0.95))
+        self.order: list[int] = []
+        self.window = _Window(head.depth)
+        self.rows_total = 0
+        self.t0 = time.time()
+        self.log: dict = {
+            "steps": [], "loss": [], "lr": [], "top1": [], "tau_per_anchor": [], "elapsed": [], "eval": [],
+            "config": {"steps": opts.steps, "lr": opts.lr, "anchors": opts.anchors,
+                       "kd_temperature": opts.kd_temperature, "batch": opts.batch, "seed": opts.seed,
+                       "loss_decay_gamma": opts.loss_decay_gamma, "weight_decay": opts.weight_decay,
+                       "warmup_steps": opts.warmup_steps, "min_lr_ratio": opts.min_lr_ratio,
+                       "grad_clip": opts.grad_clip, "block_size": head.block_size,
+                       "autocast_dtype": str(opts.autocast_dtype) if opts.autocast_dtype else None,
+                       "causal": head.causal, "head_layers": int(head.config.num_hidden_layers),
+                       "target_layer_ids": head.target_layer_ids, "sequences": len(seqs)}}
+
+    def _pick_batch(self) -> list[tuple[TrainSequence, torch.Tensor]]:
+        """``batch`` sequences (each once per shuffled pass) with their sampled anchors."""
+        picks = []
+        for _ in range(self.o.batch):
+            if not self.order:
+                self.order = list(range(len(self.seqs)))
+                self.rng.shuffle(self.order)
+            picks.append(self.seqs[self.order.pop()])
+        return [(s, sample_anchors(s.ids.numel(), self.o.anchors, self.g, s.first_anchor).to(self.target.device))
+                for s in picks]
+
+    def step(self, step: int) -> tuple[float, float]:
+        """One optimizer step; returns (loss, learning rate)."""
+        o, D = self.o, self.head.depth
+        cur_lr = _lr_at(step, o.steps, o.lr, o.warmup_steps, o.min_lr_ratio)
+        for grp in self.opt.param_groups:
+            grp["lr"] = cur_lr
+        plan = self._pick_batch()
+        n_rows = sum(int(_active_weight(s, a.cpu(), D)) for s, a in plan)
+        norm = sum(_active_weight(s, a.cpu(), D, o.loss_decay_gamma) for s, a in plan)
+        self.opt.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for s, a in plan:
+            logits, taps = _teacher(self.target, self.head, s.ids)
+            chunk = o.anchor_chunk or max(1, a.numel())
+            for c in range(0, a.numel(), chunk):
+                st = _sequence_stats(self.head, self.target, s, a[c:c + chunk], o.kd_temperature, logits, taps,
+                                     o.autocast_dtype, o.loss_decay_gamma)
+                (st.loss_sum / norm).backward()
+                step_loss += st.loss_sum.item() / norm
+                self.window.add(st)
+        self.rows_total += n_rows
+        if o.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, o.grad_clip)
+        self.opt.step()
+        return step_loss, cur_lr
+
+    def record(self, step: int, loss: float, cur_lr: float) -> str:
+        """Log the step every ``log_every`` steps (and the last); returns the progress bar's info text."""
+        top1, tau = self.window.top1(), self.window.tau()
+        if step % self.o.log_every == 0 or step == self.o.steps - 1:
+            log = self.log
+            log["steps"].append(step)
+            log["loss"].append(loss)
+            log["lr"].append(cur_lr)
+            log["top1"].append(top1)
+            log["tau_per_anchor"].append(tau)
+            log["elapsed"].append(time.time() - self.t0)
+            self.window.reset()
+        return f"loss {loss:.3f} tau/anchor~{tau:.2f} top1% d1..{self.head.depth}: {_fmt_top1(top1)}"
+
+    def after_step(self, done: int) -> bool:
+        """Evaluate / checkpoint when due; True when the time budget is used up."""
+        o = self.o
+        if self.eval_sequences and o.eval_every and done % o.eval_every == 0 and done < o.steps:
+            self.evaluate(done)
+            self.checkpoint()
+        elif o.save_every and done % o.save_every == 0:
+            self.checkpoint()
+        if o.max_minutes and time.time() - self.t0 > o.max_minutes * 60:
+            self.log["stopped_early"] = f"time budget of {o.max_minutes} min reached after {done} steps"
+            return True
+        return False
+
+    def evaluate(self, step: int) -> None:
+        if not self.eval_sequences:
             return
-        ev = evaluate_head(target, head, eval_sequences, anchors=anchors, kd_temperature=kd_temperature)
+        ev = evaluate_head(self.target, self.head, self.eval_sequences, anchors=self.o.anchors,
+                           kd_temperature=self.o.kd_temperature)
         ev["step"] = step
-        ev["elapsed"] = time.time() - t0
-        log["eval"].append(ev)
+        ev["elapsed"] = time.time() - self.t0
+        self.log["eval"].append(ev)
 
-    def checkpoint() -> None:
-        if out_path is None:
+    def checkpoint(self) -> None:
+        if self.out_path is None:
             return
-        head.eval()
-        head.save(out_path)
-        head.train()
-        (out_path / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+        self.head.eval()
+        self.head.save(self.out_path)
+        self.head.train()
+        (self.out_path / "train_log.json").write_text(json.dumps(self.log, indent=1) + "\n")
         try:
-            plot_training(log, out_path / "training_curve.png")
+            plot_training(self.log, self.out_path / "training_curve.png")
         except Exception:  # plotting never stops a training run
             pass
 
-    if eval_sequences and eval_every:
-        do_eval(0)
-    step = 0
-    try:
-        with _progress(progress, "train-head", steps, log_every) as bar:
-            for step in range(steps):
-                cur_lr = _lr_at(step, steps, lr, warm, min_lr_ratio)
-                for grp in opt.param_groups:
-                    grp["lr"] = cur_lr
-                picks = []
-                for _ in range(batch):
-                    if not order:
-                        order = list(range(len(seqs)))
-                        rng.shuffle(order)
-                    picks.append(seqs[order.pop()])
-                plan = [(s, sample_anchors(s.ids.numel(), anchors, g, s.first_anchor).to(target.device))
-                        for s in picks]
-                n_rows = sum(int(_active_weight(s, a.cpu(), D)) for s, a in plan)
-                norm = sum(_active_weight(s, a.cpu(), D, loss_decay_gamma) for s, a in plan)
-                opt.zero_grad(set_to_none=True)
-                step_loss = 0.0
-                for s, a in plan:
-                    logits, taps = _teacher(target, head, s.ids)
-                    chunk = anchor_chunk or max(1, a.numel())
-                    for c in range(0, a.numel(), chunk):
-                        st = _sequence_stats(head, target, s, a[c:c + chunk], kd_temperature, logits, taps,
-                                             autocast_dtype, loss_decay_gamma)
-                        (st.loss_sum / norm).backward()
-                        step_loss += st.loss_sum.item() / norm
-                        win_agree += st.agree
-                        win_count += st.count
-                        win_lead += st.lead
-                        win_blocks += st.blocks
-                rows_total += n_rows
-                if grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
-                opt.step()
-                top1 = (win_agree / win_count.clamp_min(1)).tolist()
-                tau = 1 + win_lead / max(win_blocks, 1)
-                if step % log_every == 0 or step == steps - 1:
-                    log["steps"].append(step)
-                    log["loss"].append(step_loss)
-                    log["lr"].append(cur_lr)
-                    log["top1"].append(top1)
-                    log["tau_per_anchor"].append(tau)
-                    log["elapsed"].append(time.time() - t0)
-                    win_agree, win_count = torch.zeros(D), torch.zeros(D)
-                    win_lead = win_blocks = 0
-                bar.advance(1, info=f"loss {step_loss:.3f} tau/anchor~{tau:.2f} top1% d1..{D}: {_fmt_top1(top1)}")
-                done = step + 1
-                if eval_sequences and eval_every and done % eval_every == 0 and done < steps:
-                    do_eval(done)
-                    checkpoint()
-                elif save_every and done % save_every == 0:
-                    checkpoint()
-                if max_minutes and time.time() - t0 > max_minutes * 60:
-                    log["stopped_early"] = f"time budget of {max_minutes} min reached after {done} steps"
-                    break
-        step += 1
-        if eval_sequences:
-            do_eval(step)
-    finally:
-        for n, p in target.named_parameters():
-            p.requires_grad_(grad_flags[n])
-        head.eval()
-    wall = time.time() - t0
-    log["steps_done"] = step
-    log["wall_seconds"] = wall
-    log["supervised_slots"] = rows_total
-    log["slots_per_second"] = rows_total / wall
-    log["final_loss"] = log["loss"][-1] if log["loss"] else None
-    if log["eval"]:
-        log["final_eval"] = log["eval"][-1]
-    checkpoint()
-    return log
+    def finish(self, steps_done: int) -> dict:
+        log = self.log
+        wall = time.time() - self.t0
+        log["steps_done"] = steps_done
+        log["wall_seconds"] = wall
+        log["supervised_slots"] = self.rows_total
+        log["slots_per_second"] = self.rows_total / wall
+        log["final_loss"] = log["loss"][-1] if log["loss"] else None
+        if log["eval"]:
+            log["final_eval"] = log["eval"][-1]
+        self.checkpoint()
+        return log
 
 
 # ---- training curves ------------------------------------------------------------------------------------------

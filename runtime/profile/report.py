@@ -170,51 +170,40 @@ def write_outputs(result: dict, out: Path, plots: bool = True) -> dict:
     return paths
 
 
-def write_plots(result: dict, out: Path) -> dict:
-    import matplotlib
+def _budget_axis(ax, B: list[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(B)
+    ax.set_xticklabels([str(b) for b in B])
+    ax.set_xlabel("tree budget B (nodes verified per round)")
+    ax.grid(True, alpha=0.3)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _plot_speedup(ax, result: dict, name: str) -> None:
     rows = result["budgets"]
     B = [r["budget"] for r in rows]
-    name = f"{result['artifact_name']} ({result['backend']}, {result['device']})"
-    paths = {}
-
-    def xaxis(ax):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(B)
-        ax.set_xticklabels([str(b) for b in B])
-        ax.set_xlabel("tree budget B (nodes verified per round)")
-        ax.grid(True, alpha=0.3)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(B, [r["speedup_vs_ar"] for r in rows], "o-", label="vs ar_step (same artifact)")
     if result["baselines"].get("hf_generate"):
         ax.plot(B, [r["speedup_vs_hf"] for r in rows], "s-", label="vs HF generate()")
     ax.axhline(1.0, color="gray", lw=0.8, ls="--")
-    xaxis(ax)
+    _budget_axis(ax, B)
     ax.set_ylabel("speedup (tokens/s ratio)")
     ax.set_title(f"speedup vs budget\n{name}", fontsize=9)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "speedup.png", dpi=100)
-    plt.close(fig)
-    paths["speedup_png"] = str(out / "speedup.png")
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+
+def _plot_tau(ax, result: dict, name: str) -> None:
+    rows = result["budgets"]
+    B = [r["budget"] for r in rows]
     ax.plot(B, [r["tau"] for r in rows], "o-")
-    xaxis(ax)
+    _budget_axis(ax, B)
     ax.set_ylabel("tau (tokens committed per round)")
     ax.set_title(f"tau vs budget\n{name}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "tau.png", dpi=100)
-    plt.close(fig)
-    paths["tau_png"] = str(out / "tau.png")
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    x = list(range(len(B)))
-    bottom = [0.0] * len(B)
+
+def _plot_stages(ax, result: dict, name: str) -> None:
+    rows = result["budgets"]
+    x = list(range(len(rows)))
+    bottom = [0.0] * len(rows)
     parts = [(k, [r["stages_ms"][k]["mean"] for r in rows]) for k in STAGES]
     parts.append(("loop (rest)", [max(0.0, r["round_ms"] - sum(r["stages_ms"][k]["mean"] for k in STAGES))
                                   for r in rows]))
@@ -222,16 +211,33 @@ def write_plots(result: dict, out: Path) -> dict:
         ax.bar(x, vals, bottom=bottom, label=label)
         bottom = [a + b for a, b in zip(bottom, vals)]
     ax.set_xticks(x)
-    ax.set_xticklabels([str(b) for b in B])
+    ax.set_xticklabels([str(r["budget"]) for r in rows])
     ax.set_xlabel("tree budget B")
     ax.set_ylabel("ms per round (mean)")
     ax.set_title(f"time per round by stage\n{name}", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "stages.png", dpi=100)
-    plt.close(fig)
-    paths["stages_png"] = str(out / "stages.png")
+
+
+PLOTS = (("speedup", _plot_speedup), ("tau", _plot_tau), ("stages", _plot_stages))
+
+
+def write_plots(result: dict, out: Path) -> dict:
+    """speedup.png, tau.png and stages.png; returns {"<name>_png": path}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    name = f"{result['artifact_name']} ({result['backend']}, {result['device']})"
+    paths = {}
+    for stem, plot in PLOTS:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        plot(ax, result, name)
+        fig.tight_layout()
+        fig.savefig(out / f"{stem}.png", dpi=100)
+        plt.close(fig)
+        paths[f"{stem}_png"] = str(out / f"{stem}.png")
     return paths
 
 

@@ -116,7 +116,7 @@ def _md_table(header: list[str], rows: list[list]) -> list[str]:
     return out
 
 
-def render_markdown(summary: dict) -> str:
+def _md_overview(summary: dict) -> list[str]:
     e = summary["environment"]
     where = ("DRY RUN on the CPU (tiny shapes; no CUDA was used)" if summary["dry_run"]
              else (e.get("gpu") or "no GPU detected"))
@@ -135,25 +135,35 @@ def render_markdown(summary: dict) -> str:
                        [[f"`{r['name']}`", r["status"].upper(), _fmt(r["seconds"], 1),
                          " — ".join(x for x in (r["headline"], r.get("reason")) if x) or "-"]
                         for r in summary["steps"]])
-    by = {r["name"]: r for r in summary["steps"]}
+    return lines
+
+
+def _md_bench(summary: dict, by: dict) -> list[str]:
     b = by.get("bench", {}).get("figures") or {}
-    if b.get("rows"):
-        lines += ["", f"## Tree-attention kernel vs SDPA ({b.get('device')}, {b.get('dtype')}, heads {b.get('heads')})",
-                  ""]
-        if summary["dry_run"]:
-            lines += ["Dry run: the 'Triton' column is the op's CPU reference; the figures only check the plumbing.", ""]
-        lines += _md_table(["B", "committed", "Triton ms", "Triton TFLOP/s", "SDPA ms", "SDPA TFLOP/s", "SDPA-GQA ms",
-                            "speedup vs SDPA", "max abs err"],
-                           [[r["B"], r["committed"], _fmt(r["triton_ms"], 4), _fmt(r["triton_tflops"], 1),
-                             _fmt(r["sdpa_ms"], 4), _fmt(r["sdpa_tflops"], 1), _fmt(r.get("sdpa_gqa_ms"), 4),
-                             _fmt(r["speedup_vs_sdpa"], 2), _fmt(r["triton_max_abs_err"], 4)] for r in b["rows"]])
+    if not b.get("rows"):
+        return []
+    lines = ["", f"## Tree-attention kernel vs SDPA ({b.get('device')}, {b.get('dtype')}, heads {b.get('heads')})", ""]
+    if summary["dry_run"]:
+        lines += ["Dry run: the 'Triton' column is the op's CPU reference; the figures only check the plumbing.", ""]
+    return lines + _md_table(["B", "committed", "Triton ms", "Triton TFLOP/s", "SDPA ms", "SDPA TFLOP/s",
+                              "SDPA-GQA ms", "speedup vs SDPA", "max abs err"],
+                             [[r["B"], r["committed"], _fmt(r["triton_ms"], 4), _fmt(r["triton_tflops"], 1),
+                               _fmt(r["sdpa_ms"], 4), _fmt(r["sdpa_tflops"], 1), _fmt(r.get("sdpa_gqa_ms"), 4),
+                               _fmt(r["speedup_vs_sdpa"], 2), _fmt(r["triton_max_abs_err"], 4)] for r in b["rows"]])
+
+
+def _md_latency(by: dict) -> list[str]:
     a = by.get("aoti_latency", {}).get("figures") or {}
-    if a.get("rows"):
-        lines += ["", f"## Verify vs single-step latency ({a.get('model')}, {a.get('layers')} layers, {a.get('dtype')}, "
-                      f"committed {a.get('committed')}, {a.get('timing')} of {a.get('reps')})", ""]
-        lines += _md_table(["graph", "B", "compiled ms", "eager ms", "compiled ratio to ar_step", "eager ratio"],
-                           [[r["graph"], r["budget"], _fmt(r.get("compiled_ms"), 3), _fmt(r.get("eager_ms"), 3),
-                             _fmt(r.get("ratio_compiled"), 2), _fmt(r.get("ratio_eager"), 2)] for r in a["rows"]])
+    if not a.get("rows"):
+        return []
+    lines = ["", f"## Verify vs single-step latency ({a.get('model')}, {a.get('layers')} layers, {a.get('dtype')}, "
+                 f"committed {a.get('committed')}, {a.get('timing')} of {a.get('reps')})", ""]
+    return lines + _md_table(["graph", "B", "compiled ms", "eager ms", "compiled ratio to ar_step", "eager ratio"],
+                             [[r["graph"], r["budget"], _fmt(r.get("compiled_ms"), 3), _fmt(r.get("eager_ms"), 3),
+                               _fmt(r.get("ratio_compiled"), 2), _fmt(r.get("ratio_eager"), 2)] for r in a["rows"]])
+
+
+def _md_equality(by: dict) -> list[str]:
     eq_rows = []
     for step in ("aoti_latency", "aoti_artifact"):
         for q in (by.get(step, {}).get("figures") or {}).get("equality") or []:
@@ -162,26 +172,41 @@ def render_markdown(summary: dict) -> str:
             ok = ("yes (near tie)" if q.get("near_tie") else "yes") if q.get("ok") else "NO"
             eq_rows.append([step, q["graph"], q.get("budget", "-"), ok, _fmt(tok), acc, _fmt(q.get("rows_rel_max"), 4),
                             _fmt(q.get("path_margin", q.get("eager_top2_margin")), 3)])
-    if eq_rows:
-        lines += ["", "## Compiled (AOTInductor) vs eager, same inputs", ""]
-        lines += ["Token choices must agree except where the eager target's own top-1 / top-2 logit gap is within "
-                  "2 ulps of the dtype (a near tie); K/V rows must agree within a relative 5e-2 (bf16) / 1e-3 (fp32).",
-                  ""]
-        lines += _md_table(["step", "graph", "B", "ok", "tokens equal", "accepted (compiled/eager)",
-                            "max rel diff K/V rows", "smallest eager logit gap"], eq_rows)
+    if not eq_rows:
+        return []
+    lines = ["", "## Compiled (AOTInductor) vs eager, same inputs", ""]
+    lines += ["Token choices must agree except where the eager target's own top-1 / top-2 logit gap is within "
+              "2 ulps of the dtype (a near tie); K/V rows must agree within a relative 5e-2 (bf16) / 1e-3 (fp32).",
+              ""]
+    return lines + _md_table(["step", "graph", "B", "ok", "tokens equal", "accepted (compiled/eager)",
+                              "max rel diff K/V rows", "smallest eager logit gap"], eq_rows)
+
+
+def _md_lossless(by: dict) -> list[str]:
     ll = by.get("lossless", {}).get("figures") or {}
-    if ll.get("results"):
-        lines += ["", f"## Lossless greedy decoding ({ll.get('device')}, tiny models)", ""]
-        lines += _md_table(["model", "dtype", "runs", "differ from HF greedy", "oracle-draft tau"],
-                           [[r["model"], r["dtype"], r["runs"], r["mismatches"], _fmt(r.get("tau_oracle"), 2)]
-                            for r in ll["results"]])
+    if not ll.get("results"):
+        return []
+    lines = ["", f"## Lossless greedy decoding ({ll.get('device')}, tiny models)", ""]
+    return lines + _md_table(["model", "dtype", "runs", "differ from HF greedy", "oracle-draft tau"],
+                             [[r["model"], r["dtype"], r["runs"], r["mismatches"], _fmt(r.get("tau_oracle"), 2)]
+                              for r in ll["results"]])
+
+
+def _md_export(by: dict) -> list[str]:
     ae = by.get("aoti_export", {}).get("figures") or {}
-    if ae.get("graphs"):
-        lines += ["", f"## export_model (aoti) compile times ({ae.get('model')}, B={ae.get('budget')}, "
-                      f"S={ae.get('seq_len')})", ""]
-        lines += _md_table(["graph", "capture s", "compile s", "MiB", "jetspec ops"],
-                           [[k, _fmt(v.get("capture_s"), 1), _fmt(v.get("compile_s"), 1), _fmt(v.get("mib"), 1),
-                             v.get("jetspec_ops")] for k, v in ae["graphs"].items()])
+    if not ae.get("graphs"):
+        return []
+    lines = ["", f"## export_model (aoti) compile times ({ae.get('model')}, B={ae.get('budget')}, "
+                 f"S={ae.get('seq_len')})", ""]
+    return lines + _md_table(["graph", "capture s", "compile s", "MiB", "jetspec ops"],
+                             [[k, _fmt(v.get("capture_s"), 1), _fmt(v.get("compile_s"), 1), _fmt(v.get("mib"), 1),
+                               v.get("jetspec_ops")] for k, v in ae["graphs"].items()])
+
+
+def render_markdown(summary: dict) -> str:
+    by = {r["name"]: r for r in summary["steps"]}
+    lines = (_md_overview(summary) + _md_bench(summary, by) + _md_latency(by) + _md_equality(by)
+             + _md_lossless(by) + _md_export(by))
     return "\n".join(lines) + "\n"
 
 

@@ -12,9 +12,8 @@ import sys
 from ..common import ROOT, Ctx
 
 
-def run(ctx: Ctx) -> dict:
-    import importlib.metadata as md
-
+def _versions() -> dict:
+    """Python, library, CUDA and GPU versions (a library that does not import is recorded with its error)."""
     import torch
 
     info: dict = {"python": platform.python_version(), "platform": platform.platform(),
@@ -38,10 +37,10 @@ def run(ctx: Ctx) -> dict:
                     capability=".".join(map(str, torch.cuda.get_device_capability(0))),
                     gpu_memory_gib=round(p.total_memory / 2**30, 1), sm_count=p.multi_processor_count)
     info["driver"] = _driver_version()
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        r = subprocess.run([smi], capture_output=True, text=True, timeout=30)
-        ctx.log(r.stdout[-3000:])
+    return info
+
+
+def _tensorrt_version(info: dict) -> None:
     try:
         import torch_tensorrt  # noqa: F401
 
@@ -49,6 +48,12 @@ def run(ctx: Ctx) -> dict:
     except Exception as e:  # noqa: BLE001
         info["torch_tensorrt"] = None
         info["torch_tensorrt_error"] = f"{type(e).__name__}: {e}"[:200]
+
+
+def _checkout() -> dict:
+    """Where jetspec_compile and its export / runtime subpackages were imported from (a bare checkout or not)."""
+    import importlib.metadata as md
+
     import jetspec_compile
     import jetspec_compile.export as jexport
     import jetspec_compile.export.pipeline as jpipeline
@@ -59,10 +64,20 @@ def run(ctx: Ctx) -> dict:
         installed = md.version("jetspec-compile")
     except md.PackageNotFoundError:
         installed = None
-    info["checkout"] = dict(root=str(ROOT), commit=_git_commit(), jetspec_compile=jetspec_compile.__file__,
-                            export=jexport.__file__, runtime=jruntime.__file__, pipeline=jpipeline.__file__,
-                            engine=jengine.__file__, installed_dist=installed, no_site=sys.flags.no_site,
-                            meta_path=[getattr(f, "__name__", type(f).__name__) for f in sys.meta_path])
+    return dict(root=str(ROOT), commit=_git_commit(), jetspec_compile=jetspec_compile.__file__,
+                export=jexport.__file__, runtime=jruntime.__file__, pipeline=jpipeline.__file__,
+                engine=jengine.__file__, installed_dist=installed, no_site=sys.flags.no_site,
+                meta_path=[getattr(f, "__name__", type(f).__name__) for f in sys.meta_path])
+
+
+def run(ctx: Ctx) -> dict:
+    info = _versions()
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        r = subprocess.run([smi], capture_output=True, text=True, timeout=30)
+        ctx.log(r.stdout[-3000:])
+    _tensorrt_version(info)
+    info["checkout"] = _checkout()
     probes = api_probes()
     missing = {k: v for k, v in probes.items() if v is not True}
     for k, v in probes.items():
@@ -111,90 +126,105 @@ def _git_commit() -> str | None:
         return None
 
 
-def api_probes() -> dict:
-    """Every torch / transformers / Triton API the project calls, probed in this Python. True or a reason."""
+# ---- API probes: each raises when an API the project calls is missing or changed
+
+
+def _params(fn) -> set:
     import inspect
 
-    def params(fn) -> set:
-        return set(inspect.signature(fn).parameters)
+    return set(inspect.signature(fn).parameters)
 
-    def p_custom_op():
-        import torch
 
-        import jetspec_compile.ops  # noqa: F401  (custom_op + register_kernel("cuda") + register_fake)
+def _p_custom_op():
+    import torch
 
-        op = torch.ops.jetspec.tree_attention.default
-        assert callable(torch.library.custom_op) and callable(torch.library.opcheck)
-        assert op is not None
+    import jetspec_compile.ops  # noqa: F401  (custom_op + register_kernel("cuda") + register_fake)
 
-    def p_export():
-        import torch
+    op = torch.ops.jetspec.tree_attention.default
+    assert callable(torch.library.custom_op) and callable(torch.library.opcheck)
+    assert op is not None
 
-        assert {"strict", "dynamic_shapes"} <= params(torch.export.export)
 
-    def p_aoti_compile():
-        import torch
+def _p_export():
+    import torch
 
-        assert {"package_path", "inductor_configs"} <= params(torch._inductor.aoti_compile_and_package)
-        assert hasattr(torch._inductor.config.aot_inductor, "package_constants_in_so")
+    assert {"strict", "dynamic_shapes"} <= _params(torch.export.export)
 
-    def p_aoti_load():
-        import torch
 
-        assert "device_index" in params(torch._inductor.aoti_load_package)
-        from torch._inductor.package import AOTICompiledModel
+def _p_aoti_compile():
+    import torch
 
-        assert {"check_full_update", "user_managed"} <= params(AOTICompiledModel.load_constants)
-        assert hasattr(AOTICompiledModel, "get_constant_fqns")
+    assert {"package_path", "inductor_configs"} <= _params(torch._inductor.aoti_compile_and_package)
+    assert hasattr(torch._inductor.config.aot_inductor, "package_constants_in_so")
 
-    def p_attention_interface():
-        from transformers import AttentionInterface
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-        from jetspec_compile.attention import ATTN_IMPLEMENTATION
+def _p_aoti_load():
+    import torch
 
-        assert ATTN_IMPLEMENTATION in AttentionInterface._global_mapping
-        assert ATTN_IMPLEMENTATION in AttentionMaskInterface._global_mapping
-        assert callable(sdpa_mask) and callable(sdpa_attention_forward)
+    assert "device_index" in _params(torch._inductor.aoti_load_package)
+    from torch._inductor.package import AOTICompiledModel
 
-    def p_qwen3():
-        from transformers import Qwen3Config
-        from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer, Qwen3RotaryEmbedding, rotate_half
+    assert {"check_full_update", "user_managed"} <= _params(AOTICompiledModel.load_constants)
+    assert hasattr(AOTICompiledModel, "get_constant_fqns")
 
-        cfg = Qwen3Config()
-        assert isinstance(getattr(cfg, "rope_parameters", None), dict) and "rope_theta" in cfg.rope_parameters
-        assert {"position_embeddings", "position_ids", "attention_mask"} <= params(Qwen3DecoderLayer.forward)
-        assert callable(rotate_half) and Qwen3RotaryEmbedding is not None
 
-    def p_moe_experts():
-        from transformers import Qwen3MoeConfig
+def _p_attention_interface():
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-        cfg = Qwen3MoeConfig()
-        assert hasattr(cfg, "_experts_implementation")
-        from transformers.integrations import moe
+    from jetspec_compile.attention import ATTN_IMPLEMENTATION
 
-        reg = getattr(moe, "ExpertsInterface", None)
-        assert reg is not None and "batched_mm" in reg._global_mapping
+    assert ATTN_IMPLEMENTATION in AttentionInterface._global_mapping
+    assert ATTN_IMPLEMENTATION in AttentionMaskInterface._global_mapping
+    assert callable(sdpa_mask) and callable(sdpa_attention_forward)
 
-    def p_triton():
-        import triton
-        import triton.language as tl
-        from triton.backends.compiler import GPUTarget  # noqa: F401
-        from triton.compiler import ASTSource  # noqa: F401
 
-        assert "input_precision" in params(tl.dot)
-        assert callable(triton.next_power_of_2) and callable(triton.cdiv)
+def _p_qwen3():
+    from transformers import Qwen3Config
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer, Qwen3RotaryEmbedding, rotate_half
 
+    cfg = Qwen3Config()
+    assert isinstance(getattr(cfg, "rope_parameters", None), dict) and "rope_theta" in cfg.rope_parameters
+    assert {"position_embeddings", "position_ids", "attention_mask"} <= _params(Qwen3DecoderLayer.forward)
+    assert callable(rotate_half) and Qwen3RotaryEmbedding is not None
+
+
+def _p_moe_experts():
+    from transformers import Qwen3MoeConfig
+
+    cfg = Qwen3MoeConfig()
+    assert hasattr(cfg, "_experts_implementation")
+    from transformers.integrations import moe
+
+    reg = getattr(moe, "ExpertsInterface", None)
+    assert reg is not None and "batched_mm" in reg._global_mapping
+
+
+def _p_triton():
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget  # noqa: F401
+    from triton.compiler import ASTSource  # noqa: F401
+
+    assert "input_precision" in _params(tl.dot)
+    assert callable(triton.next_power_of_2) and callable(triton.cdiv)
+
+
+PROBES = [("torch.library.custom_op/register_fake/register_kernel", _p_custom_op),
+          ("torch.export.export(strict=)", _p_export),
+          ("torch._inductor.aoti_compile_and_package + package_constants_in_so", _p_aoti_compile),
+          ("aoti_load_package(device_index=) + load_constants(user_managed=)", _p_aoti_load),
+          ("transformers AttentionInterface/AttentionMaskInterface/sdpa_mask", _p_attention_interface),
+          ("transformers Qwen3 (rope_parameters, DecoderLayer kwargs)", _p_qwen3),
+          ("transformers Qwen3-MoE _experts_implementation='batched_mm'", _p_moe_experts),
+          ("triton (tl.dot input_precision, ASTSource, GPUTarget)", _p_triton)]
+
+
+def api_probes() -> dict:
+    """Every torch / transformers / Triton API the project calls, probed in this Python. True or a reason."""
     out = {}
-    for name, fn in [("torch.library.custom_op/register_fake/register_kernel", p_custom_op),
-                     ("torch.export.export(strict=)", p_export),
-                     ("torch._inductor.aoti_compile_and_package + package_constants_in_so", p_aoti_compile),
-                     ("aoti_load_package(device_index=) + load_constants(user_managed=)", p_aoti_load),
-                     ("transformers AttentionInterface/AttentionMaskInterface/sdpa_mask", p_attention_interface),
-                     ("transformers Qwen3 (rope_parameters, DecoderLayer kwargs)", p_qwen3),
-                     ("transformers Qwen3-MoE _experts_implementation='batched_mm'", p_moe_experts),
-                     ("triton (tl.dot input_precision, ASTSource, GPUTarget)", p_triton)]:
+    for name, fn in PROBES:
         try:
             fn()
             out[name] = True
