@@ -31,6 +31,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
 
 from .attention import ATTN_IMPLEMENTATION, CacheAttention
 from .errors import JetSpecError
+from .jsonfiles import read_json
 from .safetensors_io import load_safetensors, save_safetensors
 from .target import default_tap_layers
 
@@ -299,12 +300,7 @@ def load_draft_head(
     """Load a head folder (config.json + model.safetensors) in the released JetSpec/DFlash layout."""
     folder = Path(path)
     cfg_path = folder / CONFIG_NAME
-    if not cfg_path.is_file():
-        raise JetSpecError(f"{cfg_path}: not found (a head folder needs config.json and model.safetensors)")
-    try:
-        raw = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise JetSpecError(f"{cfg_path}: invalid JSON ({e})") from None
+    raw = read_json(cfg_path, "a head folder needs config.json and model.safetensors")
     for f in _REQUIRED_FIELDS:
         if f not in raw:
             raise JetSpecError(f"{cfg_path}: field {f!r} is missing")

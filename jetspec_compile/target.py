@@ -6,7 +6,6 @@ draft head conditions on the concatenation of the tapped layers' outputs on the 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -16,6 +15,7 @@ from torch import Tensor, nn
 
 from .attention import CacheAttention, use_jetspec_attention
 from .errors import JetSpecError
+from .jsonfiles import read_json
 from .safetensors_io import check_safetensors
 
 SUPPORTED_MODEL_TYPES = ("qwen3", "qwen3_moe")
@@ -164,12 +164,7 @@ class Target(nn.Module):
 
 def _read_config(folder: Path) -> dict:
     cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise JetSpecError(f"{cfg_path}: not found (a target folder needs config.json, *.safetensors, tokenizer.json)")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise JetSpecError(f"{cfg_path}: invalid JSON ({e})") from None
+    cfg = read_json(cfg_path, "a target folder needs config.json, *.safetensors, tokenizer.json")
     if cfg.get("model_type") not in SUPPORTED_MODEL_TYPES:
         raise JetSpecError(
             f"{cfg_path}: field model_type is {cfg.get('model_type')!r}; expected one of {SUPPORTED_MODEL_TYPES}"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from jetspec_compile.errors import JetSpecError
+from jetspec_compile.jsonfiles import jsonl_values
 
 
 def read_prompts(path: str | Path, limit: int | None = None) -> list[str]:
@@ -15,13 +15,7 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[str]:
     if limit is not None and limit < 1:
         raise JetSpecError(f"limit is {limit}; expected an integer >= 1")
     prompts = []
-    for i, line in enumerate(_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise JetSpecError(f"{path}:{i}: invalid JSON ({e})") from None
+    for i, obj in jsonl_values(path, _text(path)):
         if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
             raise JetSpecError(f"{path}:{i}: field 'prompt' is missing or not a string")
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -11,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..errors import JetSpecError
+from ..jsonfiles import jsonl_values
 from ..target import Target
 from .progress import _progress
 
@@ -75,13 +75,7 @@ def load_documents(paths: Sequence[str | Path]) -> list[tuple[str, bool]]:
             if text:
                 docs.append((text, False))
             continue
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise JetSpecError(f"{f}:{n}: invalid JSON ({e})") from None
+        for n, obj in jsonl_values(f, text):
             if isinstance(obj, dict) and isinstance(obj.get("text"), str):
                 docs.append((obj["text"], False))
             elif isinstance(obj, dict) and isinstance(obj.get("prompt"), str):
