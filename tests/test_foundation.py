@@ -236,13 +236,19 @@ def test_missing_files_rejected(tmp_path):
         load_draft_head(tmp_path / "nothing")
 
 
-def test_wrong_keys_rejected(tmp_path):
-    from safetensors.torch import load_file, save_file
+def _saved_head_weights(tmp_path):
+    """A tiny head saved under tmp_path/h: (its model.safetensors path, its tensors)."""
+    from safetensors.torch import load_file
 
-    target = tiny_target()
-    tiny_head(target).save(tmp_path / "h")
+    tiny_head(tiny_target()).save(tmp_path / "h")
     w = tmp_path / "h" / "model.safetensors"
-    t = load_file(str(w))
+    return w, load_file(str(w))
+
+
+def test_wrong_keys_rejected(tmp_path):
+    from safetensors.torch import save_file
+
+    w, t = _saved_head_weights(tmp_path)
     t["embed_tokens.weight"] = torch.zeros(2, 2)
     del t["norm.weight"]
     save_file(t, str(w))
@@ -251,12 +257,9 @@ def test_wrong_keys_rejected(tmp_path):
 
 
 def test_wrong_shape_rejected(tmp_path):
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
-    target = tiny_target()
-    tiny_head(target).save(tmp_path / "h")
-    w = tmp_path / "h" / "model.safetensors"
-    t = load_file(str(w))
+    w, t = _saved_head_weights(tmp_path)
     t["fc.weight"] = t["fc.weight"][:, :10].contiguous()
     save_file(t, str(w))
     with pytest.raises(JetSpecError, match="'fc.weight' has shape"):
