@@ -19,6 +19,12 @@ def register(sub) -> None:
                                    "exports the bundled demo.")
     p.add_argument("--target", type=utf8_text, help="Qwen3 target folder (config.json, *.safetensors, tokenizer.json)")
     p.add_argument("--head", type=utf8_text, help="JetSpec head folder (config.json, model.safetensors)")
+    p.add_argument("--synthetic", default=None, type=synthetic_name, metavar="NAME",
+                   help="instead of --target/--head: a seeded random-weight target at published Qwen3 shapes "
+                        "(qwen3-0.6b, qwen3-1.7b, qwen3-8b-2layers) and a head of the paper's proportions "
+                        "(5 layers, 5 taps, block 16); measures cost and correctness at real shapes without a "
+                        "checkpoint (tau is meaningless: the weights are random)")
+    p.add_argument("--seed", type=at_least(0), default=0, help="with --synthetic: the weights' seed (default 0)")
     p.add_argument("--backend", default="aoti", choices=("aoti", "tensorrt", "onnx"))
     p.add_argument("--budget", type=at_least(1), default=None,
                    help="B: tree nodes verified per round, root included (default 64; the demo: its fastest, "
@@ -51,6 +57,15 @@ def register(sub) -> None:
     q.set_defaults(func=run_inspect)
 
 
+def synthetic_name(text: str) -> str:
+    """One of jetspec_compile.synthetic.SYNTHETIC."""
+    from jetspec_compile.synthetic import SYNTHETIC
+
+    if text not in SYNTHETIC:
+        raise argparse.ArgumentTypeError(f"unknown synthetic model {text!r}; expected one of {', '.join(SYNTHETIC)}")
+    return text
+
+
 GENERIC_DEFAULTS = {"budget": 64, "topk": 7, "tree": "dynamic", "lookup": 0}
 
 
@@ -79,6 +94,13 @@ def run_export(args: argparse.Namespace) -> int:
     from .pipeline import export_model, get_backend
 
     get_backend(args.backend).check_available(args.device)  # before loading any weights
+    if args.synthetic is not None:
+        if args.target is not None or args.head is not None:
+            raise JetSpecError("--synthetic replaces --target/--head; pass one or the other")
+        if args.tree == "static" and args.tree_stats is None:
+            raise JetSpecError("--synthetic with --tree static needs --tree-stats FILE (a random head has no "
+                               "acceptance statistics of its own)")
+        return _export_synthetic(args)
     if (args.target is None) != (args.head is None):
         raise JetSpecError("pass both --target and --head, or neither (the bundled demo)")
     stats = args.tree_stats
@@ -111,6 +133,40 @@ def run_export(args: argparse.Namespace) -> int:
     export_model(target, head, spec, out, backend=args.backend, device=args.device, sampling=not args.no_sampling,
                  force=args.force, tokenizer_dir=target_dir, budgets=args.budgets or (), static_trees=extra_static,
                  sources={"target": str(target_dir), "head": str(head_dir), "tree_stats": str(stats) if stats else None},
+                 log=lambda s: print(s, flush=True))
+    return 0
+
+
+def _export_synthetic(args: argparse.Namespace) -> int:
+    """export --synthetic NAME: build the seeded random target + head in memory and export them."""
+    from jetspec_compile.graphs import SpecConfig
+    from jetspec_compile.synthetic import synthetic_head, synthetic_target, weight_bytes
+    from jetspec_compile.tree import calibrate_static_tree
+
+    from .pipeline import export_model
+
+    _fill_defaults(args, GENERIC_DEFAULTS)
+    dtype = getattr(torch, args.dtype)
+    print(f"building synthetic {args.synthetic} (seed {args.seed}, {args.dtype}) ...", flush=True)
+    target = synthetic_target(args.synthetic, seed=args.seed, dtype=dtype)
+    head = synthetic_head(target, seed=args.seed)
+    if args.depth is not None:
+        head.set_depth(args.depth)
+    wb = weight_bytes(target.model) + weight_bytes(head)
+    print(f"  {wb / 1e9:.2f} GB of weights ({wb} bytes)", flush=True)
+    static, extra_static = None, {}
+    if args.tree == "static":
+        stats = args.tree_stats
+        static = calibrate_static_tree(stats, args.budget, depth=head.depth, topk=args.topk).to_json()
+        extra_static = {b: calibrate_static_tree(stats, b, depth=head.depth, topk=args.topk).to_json()
+                        for b in args.budgets or () if b > 1 and b != args.budget}
+    spec = SpecConfig(budget=args.budget, topk=args.topk, max_seq_len=args.max_seq_len,
+                      prefill_chunk=args.prefill_chunk, tree=args.tree, static_tree=static, lookup=args.lookup)
+    out = Path(args.out) if args.out else Path("artifacts") / f"{args.synthetic}-{args.backend}-b{args.budget}"
+    export_model(target, head, spec, out, backend=args.backend, device=args.device, sampling=not args.no_sampling,
+                 force=args.force, budgets=args.budgets or (), static_trees=extra_static,
+                 sources={"synthetic": args.synthetic, "seed": args.seed,
+                          "tree_stats": str(args.tree_stats) if args.tree_stats else None},
                  log=lambda s: print(s, flush=True))
     return 0
 

@@ -44,13 +44,18 @@ HEAD_TAPS = 5        # 5 taps by the reference rule
 HEAD_BLOCK = 16      # block 16 (15 drafted depths)
 
 
-def synthetic_config(name: str, *, tie_word_embeddings: bool = False):
-    """The Qwen3Config for ``name`` (one of ``SYNTHETIC``): published shapes, layers as built."""
+def synthetic_config(name: str, *, tie_word_embeddings: bool = False, num_layers: int | None = None):
+    """The Qwen3Config for ``name`` (one of ``SYNTHETIC``): published shapes, layers as built (or
+    ``num_layers`` decoder layers: every other shape stays the published one; the slow test uses 2)."""
     from transformers import Qwen3Config
 
     if name not in SYNTHETIC:
         raise ValueError(f"unknown synthetic model {name!r}; expected one of {', '.join(SYNTHETIC)}")
     base, layers = SYNTHETIC[name]
+    if num_layers is not None:
+        if int(num_layers) < 1:
+            raise ValueError(f"num_layers {num_layers}: expected an integer >= 1")
+        layers = int(num_layers)
     p = dict(PUBLISHED[base])
     p["num_hidden_layers"] = layers
     p["tie_word_embeddings"] = tie_word_embeddings
@@ -60,11 +65,12 @@ def synthetic_config(name: str, *, tie_word_embeddings: bool = False):
     return cfg
 
 
-def synthetic_qwen3(name: str, *, seed: int = 0, std: float = 0.02, dtype: torch.dtype = torch.float32):
+def synthetic_qwen3(name: str, *, seed: int = 0, std: float = 0.02, dtype: torch.dtype = torch.float32,
+                    num_layers: int | None = None):
     """A seeded random Qwen3ForCausalLM at the shapes of ``name``, in eval mode."""
     from transformers import Qwen3ForCausalLM
 
-    cfg = synthetic_config(name)
+    cfg = synthetic_config(name, num_layers=num_layers)
     cfg.initializer_range = std
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(cfg)
@@ -72,10 +78,17 @@ def synthetic_qwen3(name: str, *, seed: int = 0, std: float = 0.02, dtype: torch
 
 
 def synthetic_target(name: str, *, seed: int = 0, std: float = 0.02, num_taps: int = HEAD_TAPS,
-                     dtype: torch.dtype = torch.float32) -> Target:
-    model = synthetic_qwen3(name, seed=seed, std=std, dtype=dtype)
-    n = int(model.config.num_hidden_layers)
-    return load_target(model, tap_layers=default_tap_layers(n, min(num_taps, n)))
+                     dtype: torch.dtype = torch.float32, num_layers: int | None = None) -> Target:
+    """A seeded random target at the shapes of ``name`` with min(num_taps, layers) taps by the reference rule."""
+    model = synthetic_qwen3(name, seed=seed, std=std, dtype=dtype, num_layers=num_layers)
+    return load_target(model, tap_layers=synthetic_taps(int(model.config.num_hidden_layers), num_taps))
+
+
+def synthetic_taps(num_layers: int, num_taps: int = HEAD_TAPS) -> list[int]:
+    """The reference rule's taps; for very shallow targets (fewer than 4 layers, where the rule gives negative
+    layers, e.g. [1, -1] for 2 layers) clamped into range, without duplicates."""
+    taps = default_tap_layers(num_layers, min(num_taps, num_layers))
+    return sorted({min(max(int(t), 0), num_layers - 1) for t in taps})
 
 
 def synthetic_head_config(target: Target, *, num_layers: int = HEAD_LAYERS, block_size: int = HEAD_BLOCK):
