@@ -225,7 +225,7 @@ def calibrate_costs(folder: Path, report: dict, be, device: str, weights: dict, 
         graphs[name] = be.load_graph(folder / info["file"], device, weights, **kwargs)
     spec = specs[main]
     dims = CacheDims.from_models(target, head, depths[main])
-    arms = [Arm(b, depths[b], 0.0) for b in specs if b != main]
+    arms = [Arm(b, depths[b], 0.0) for b in specs]
     dec = Decoder(graphs, budget=main, topk=spec.topk, max_seq_len=spec.max_seq_len,
                   prefill_chunk=spec.prefill_chunk, dims=dims, device=device, lookup=spec.lookup, arms=arms)
     return {k: round(v * 1e3, 4) for k, v in dec.calibrate().items()}

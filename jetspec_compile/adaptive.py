@@ -35,7 +35,8 @@ class BudgetPolicy:
     """Per-round choice among ``arms`` (speculative budgets) and plain steps costing ``plain_cost_s``."""
 
     def __init__(self, arms: Sequence[Arm], plain_cost_s: float, topk: int, *, alpha: float = 0.125,
-                 decay: float = 0.97, refresh: int = 8, first_plain: int = 4, max_plain: int = 64):
+                 decay: float = 0.97, refresh: int = 8, first_plain: int = 4, max_plain: int = 64,
+                 evidence: int = 8, probe: int = 4, margin: float = 0.1):
         self.arms = sorted(arms, key=lambda a: a.budget)
         if not self.arms:
             raise ValueError("BudgetPolicy needs at least one speculative budget")
@@ -44,6 +45,7 @@ class BudgetPolicy:
         self.D = max(a.depth for a in self.arms)
         self.alpha, self.decay, self.refresh = alpha, decay, refresh
         self.first_plain, self.max_plain = first_plain, max_plain
+        self.probe_rounds, self.margin = probe, margin
         # decayed rank counts with a weak prior: rank 0 hits 40 %, the others 5 % each
         self.seen = [4.0] * self.D
         self.hits = [[1.6] + [0.2] * (topk - 1) for _ in range(self.D)]
@@ -53,7 +55,7 @@ class BudgetPolicy:
         self.actual = self.modelled = 1.0  # running means of committed vs modelled tokens of the executed arm
         self.plain_left = 0
         self.backoff = first_plain
-        self.probe = True  # the first round speculates, so the policy has evidence before judging
+        self.probe_left = evidence  # speculative rounds before judging: the first ones, then after each plain run
         self._reshape()
 
     # ---- choosing -------------------------------------------------------------------------------------
@@ -69,20 +71,25 @@ class BudgetPolicy:
         return max(self.arms, key=lambda a: self.rate(a.budget)).budget
 
     def choose(self) -> int:
-        """The budget of the next round, or PLAIN."""
+        """The budget of the next round, or PLAIN. Plain steps need a clear margin (costs are noisy, and a
+        wrong plain run loses more than a wrong speculative round); they last 4, 8, ... 64 rounds, each run
+        followed by a probe of a few speculative rounds."""
         if self.plain_left > 0:
             self.plain_left -= 1
-            self.probe = self.plain_left == 0
+            if self.plain_left == 0:
+                self.probe_left = self.probe_rounds
             return PLAIN
         best = self.best_budget()
-        if self.probe or self.rate(best) > self.rate(PLAIN):
-            if not self.probe:
-                self.backoff = self.first_plain
-            self.probe = False
+        if self.probe_left > 0:
+            self.probe_left -= 1
+            return best
+        if self.rate(PLAIN) <= self.rate(best) * (1.0 + self.margin):
+            self.backoff = self.first_plain
             return best
         self.plain_left = self.backoff - 1
         self.backoff = min(2 * self.backoff, self.max_plain)
-        self.probe = self.plain_left == 0
+        if self.plain_left == 0:
+            self.probe_left = self.probe_rounds
         return PLAIN
 
     # ---- learning -------------------------------------------------------------------------------------

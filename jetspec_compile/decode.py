@@ -192,7 +192,7 @@ class Decoder:
         self.B, self.K, self.S, self.P = budget, topk, max_seq_len, prefill_chunk
         self.L = int(lookup)  # prompt-lookup chain nodes per round (0: off); verify sees B + L nodes
         self.D = max(dims.depth, self.L)  # tokens a round of the model's own budget can accept
-        self.arms = {a.budget: a for a in arms if a.budget != budget}  # other compiled budgets (1: plain)
+        self.arms = {a.budget: a for a in arms}  # every compiled budget with its round cost (1: the plain step)
         self.D_max = max([self.D] + [max(a.depth, self.L) for a in self.arms.values()])
         self.dims = dims
         self.device = torch.device(device)
@@ -254,7 +254,7 @@ class Decoder:
         if b not in self.arms:
             raise JetSpecError(f"budget {b} is not compiled in this model; expected one of {self.budgets}")
         name = lambda base: budget_graph_name(base, b)  # noqa: E731
-        depth = max(self.arms[b].depth, self.L) if b != PLAIN else 1
+        depth = max(self.arms[b].depth, self.L) if b != PLAIN else 1  # (plain: root + bonus rows)
         return _ArmGraphs(b, depth, self.graphs.get(name("draft")), self.graphs.get(name("verify")),
                           self.graphs.get(name("verify_sample")), self.L if b != PLAIN else 0)
 
@@ -300,15 +300,19 @@ class Decoder:
                 out = g.verify_sample(*args, *samp, torch.rand(tokens.shape[0], device=self.device))
             int(out[1].reshape(-1)[0])
 
-        arms = {b: self._arm_graphs(b) for b in self.budgets}
-        for _ in range(3):  # warm every graph first: first calls pay one-off costs that skew the early ones
-            for g in arms.values():
-                one_round(g)
-        costs = {str(b): _median_s(lambda g=g: one_round(g), reps, self.sync) for b, g in arms.items()}
+        runs = {str(b): (lambda g=self._arm_graphs(b): one_round(g)) for b in self.budgets}
         if "ar_step" in self.graphs:
             ar = self.graphs["ar_step"]
-            costs["ar_step"] = _median_s(lambda: int(ar(anchor, cl, self.k_cache, self.v_cache)[0].reshape(-1)[0]),
-                                         reps, self.sync)
+            runs["ar_step"] = lambda: int(ar(anchor, cl, self.k_cache, self.v_cache)[0].reshape(-1)[0])
+        for _ in range(3):  # warm every graph first: first calls pay one-off costs that skew the early ones
+            for run in runs.values():
+                run()
+        # interleaved, one call of each per repetition, so that drift and noise hit every budget alike
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        for _ in range(reps):
+            for k, run in runs.items():
+                times[k].append(_median_s(run, 1, self.sync, warmup=0))
+        costs = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
         return costs
 
     # ---- loops ---------------------------------------------------------------------------------------

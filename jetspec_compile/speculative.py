@@ -59,6 +59,8 @@ def eager_decoder(target: Target, head: DraftHead, spec: SpecConfig, names=None,
         built = build_graphs(target, head, bspec, budget_graph_names(b, sampling))
         graphs.update({budget_graph_name(n, b): g for n, g in built.items()})
         arms.append(Arm(b, bspec.reachable_depth(head), (costs or {}).get(b, 1.0)))
+    if arms:  # the model's own budget is one of the adaptive policy's choices too
+        arms.append(Arm(spec.budget, spec.reachable_depth(head), (costs or {}).get(spec.budget, 1.0)))
     dec = Decoder(EagerGraphs(graphs), budget=spec.budget, topk=spec.topk, max_seq_len=spec.max_seq_len,
                   prefill_chunk=spec.prefill_chunk, dims=cache_dims(target, head), device=target.device,
                   lookup=spec.lookup, arms=arms)

@@ -246,11 +246,11 @@ def _static(manifest: dict, budget: int) -> dict | None:
 
 
 def budget_arms(manifest: dict) -> list[Arm]:
-    """The artifact's other compiled budgets (1: the plain step) with their drafted depth and round cost."""
+    """The artifact's compiled budgets (its own included; 1: the plain step) with drafted depth and round cost."""
     budgets = manifest.get("budgets") or {}
     depth, cost = budgets.get("depth") or {}, budgets.get("cost_ms") or {}
     return [Arm(int(b), int(depth[str(b)]), float(cost.get(str(b), 1.0)) / 1e3)
-            for b in budgets.get("compiled") or [] if int(b) != manifest["shapes"]["budget"]]
+            for b in budgets.get("compiled") or []]
 
 
 def load(path: str | Path, device: str | torch.device | None = None, *, mode: str = "compiled",

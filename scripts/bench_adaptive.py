@@ -51,6 +51,7 @@ def main(argv=None) -> int:
     p.add_argument("--prompt-tokens", type=int, default=200)
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--out", default="runs/bench-adaptive")
+    p.add_argument("--sets", default="code,repeat,prose,mixed", help="prompt sets to run (comma-separated)")
     p.add_argument("--recalibrate", action="store_true", help="re-measure each budget's round cost at load")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -63,6 +64,7 @@ def main(argv=None) -> int:
     sets = {"code": code, "repeat": repeat_prompts(engine, args.n, args.prompt_tokens)[0],
             "prose": [engine.encode(t) for t in PROSE[: args.n]]}
     sets["mixed"] = [q for s in ("code", "repeat", "prose") for q in sets[s]]
+    sets = {k: v for k, v in sets.items() if k in args.sets.split(",")}
     methods = {"adaptive": None, **{f"B={b}" if b > 1 else "plain": b for b in engine.budgets}}
     res: dict = {}
     for name, prompts in sets.items():
