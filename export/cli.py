@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from jetspec_compile.backends import backend_names, get_backend
 from jetspec_compile.errors import JetSpecError
 from jetspec_compile.validate import at_least, device, int_list, out_folder, utf8_text
 
@@ -25,7 +26,7 @@ def register(sub) -> None:
                         "(5 layers, 5 taps, block 16); measures cost and correctness at real shapes without a "
                         "checkpoint (tau is meaningless: the weights are random)")
     p.add_argument("--seed", type=at_least(0), default=0, help="with --synthetic: the weights' seed (default 0)")
-    p.add_argument("--backend", default="aoti", choices=("aoti", "tensorrt", "onnx"))
+    p.add_argument("--backend", default="aoti", choices=backend_names())
     p.add_argument("--budget", type=at_least(1), default=None,
                    help="B: tree nodes verified per round, root included (default 64; the demo: its fastest, "
                         "jetspec_compile/demo/fastest.json)")
@@ -91,7 +92,7 @@ def run_export(args: argparse.Namespace) -> int:
     from jetspec_compile.graphs import SpecConfig
     from jetspec_compile.tree import calibrate_static_tree
 
-    from .pipeline import export_model, get_backend
+    from .pipeline import export_model
 
     get_backend(args.backend).check_available(args.device)  # before loading any weights
     if args.synthetic is not None:

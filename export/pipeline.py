@@ -11,9 +11,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from jetspec_compile.attention import attention_form
+from jetspec_compile.backends import capture, get_backend
 from jetspec_compile.errors import JetSpecError
-from jetspec_compile.graphs import (GRAPH_CLASSES, GRAPH_NAMES, PLAIN_BUDGET, SpecConfig, _static_tree,
+from jetspec_compile.graphs import (GRAPH_NAMES, PLAIN_BUDGET, SpecConfig, _static_tree,
                                     budget_graph_name, budget_graph_names, budget_spec, build_graphs,
                                     example_inputs, split_graph_name)
 from jetspec_compile.head import DraftHead
@@ -21,24 +21,9 @@ from jetspec_compile.linear import native_linears
 from jetspec_compile.safetensors_io import save_safetensors
 from jetspec_compile.target import Target
 
-from . import aoti, onnx, tensorrt
 from .artifact import atomic_folder, library_versions, write_manifest
 
-BACKENDS = {"aoti": aoti, "onnx": onnx, "tensorrt": tensorrt}
 WEIGHTS = "weights.safetensors"
-
-
-def get_backend(name: str):
-    try:
-        return BACKENDS[name]
-    except KeyError:
-        raise JetSpecError(f"backend {name!r}; expected one of {sorted(BACKENDS)}") from None
-
-
-def capture(module: torch.nn.Module, args: tuple, form: str = "op") -> torch.export.ExportedProgram:
-    """torch.export (non-strict, static shapes) of one graph module; `form` picks op or dense attention."""
-    with torch.no_grad(), attention_form(form):
-        return torch.export.export(module, args, strict=False)
 
 
 def graph_weights(graphs: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
@@ -78,9 +63,7 @@ def export_model(
     ``static_trees``: per extra budget, a calibrated static topology (tree policy static)."""
     be = get_backend(backend)
     be.check_available(device)
-    if spec.lookup and backend == "onnx":
-        raise JetSpecError("--lookup is not supported by the onnx backend yet (its runner binds the draft graph's "
-                           "inputs by the plain draft signature); export with --lookup 0 or use aoti")
+    be.check_spec(spec)
     head.check_compatible(target)
     spec.validate(head)
     full_depth = head.depth
@@ -94,7 +77,7 @@ def export_model(
         specs[b] = budget_spec(spec, b, (static_trees or {}).get(b))
         specs[b].validate(head)
     try:
-        return _export(target, head, specs, spec.budget, Path(out), be, backend=backend, device=device,
+        return _export(target, head, specs, spec.budget, Path(out), be, device=device,
                        sampling=sampling, force=force, tokenizer_dir=tokenizer_dir, sources=sources, log=log,
                        _fail_after=_fail_after, full_depth=full_depth)
     finally:
@@ -117,7 +100,7 @@ def _jobs(target, head, specs: dict[int, SpecConfig], main: int, sampling: bool,
             yield (n if b == main else budget_graph_name(n, b)), b, depth, graphs[n], spec
 
 
-def _export(target, head, specs, main, out, be, *, backend, device, sampling, force, tokenizer_dir, sources, log,
+def _export(target, head, specs, main, out, be, *, device, sampling, force, tokenizer_dir, sources, log,
             _fail_after, full_depth) -> dict:
     spec = specs[main]
     target.to(device).eval()
@@ -129,8 +112,8 @@ def _export(target, head, specs, main, out, be, *, backend, device, sampling, fo
     report: dict[str, dict] = {}
     modules: dict[str, torch.nn.Module] = {}
     depths: dict[int, int] = {}
-    native = getattr(be, "native_linear", lambda d: False)(device)
-    log(f"exporting {n_graphs} graphs with backend {backend} on {device} "
+    native = be.native_linear(device)
+    log(f"exporting {n_graphs} graphs with backend {be.name} on {device} "
         f"(B={spec.budget}{' + budgets ' + ','.join(map(str, sorted(b for b in specs if b != main))) if len(specs) > 1 else ''} "
         f"K={spec.topk} S={spec.max_seq_len} P={spec.prefill_chunk}, tree={spec.tree}, head depth {full_depth}"
         f"{', native linears' if native else ''}) -> {out}")
@@ -140,14 +123,11 @@ def _export(target, head, specs, main, out, be, *, backend, device, sampling, fo
             args = example_inputs(split_graph_name(name)[0], target, head, bspec, device)
             t0 = time.perf_counter()
             with native_linears(target, head, enabled=native):
-                ep = capture(module, args, be.ATTENTION_FORM)
+                ep = capture(module, args, be.attention_form)
             t1 = time.perf_counter()
-            log(f"  [{i}/{n_graphs}] {name}: captured in {t1 - t0:.1f}s, compiling ({backend}) ...")
-            path = tmp / f"{name}.{be.EXT}"
-            if backend == "onnx":
-                meta = be.compile_graph(ep, args, path, device, custom_ep=capture(module, args, "op"))
-            else:
-                meta = be.compile_graph(ep, args, path, device)
+            log(f"  [{i}/{n_graphs}] {name}: captured in {t1 - t0:.1f}s, compiling ({be.name}) ...")
+            path = tmp / f"{name}.{be.ext}"
+            meta = be.compile_graph(ep, args, path, device, module=module)
             t2 = time.perf_counter()
             if _fail_after == name:
                 raise RuntimeError(f"injected failure after compiling {name}")
@@ -173,7 +153,7 @@ def _export(target, head, specs, main, out, be, *, backend, device, sampling, fo
         manifest = {
             "name": out.name,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "backend": backend,
+            "backend": be.name,
             "device": str(device),
             "dtype": str(target.dtype).removeprefix("torch."),
             "shapes": {"budget": spec.budget, "depth": depths[main], "topk": spec.topk,
@@ -217,12 +197,7 @@ def calibrate_costs(folder: Path, report: dict, be, device: str, weights: dict, 
     from jetspec_compile.adaptive import Arm
     from jetspec_compile.decode import CacheDims, Decoder
 
-    graphs = {}
-    for name, info in report.items():
-        kwargs = {}
-        if be.__name__.endswith("onnx"):
-            kwargs["input_names"] = be.forward_arg_names(GRAPH_CLASSES[split_graph_name(name)[0]])
-        graphs[name] = be.load_graph(folder / info["file"], device, weights, **kwargs)
+    graphs = {name: be.load_graph(folder / info["file"], device, weights, graph=name) for name, info in report.items()}
     spec = specs[main]
     dims = CacheDims.from_models(target, head, depths[main])
     arms = [Arm(b, depths[b], 0.0) for b in specs]

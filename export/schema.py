@@ -11,9 +11,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from jetspec_compile.backends import BACKENDS
 from jetspec_compile.errors import ArtifactError
 
-BACKEND_EXT = {"aoti": "pt2", "onnx": "onnx", "tensorrt": "ep"}
+BACKEND_EXT = {name: b.ext for name, b in BACKENDS.items()}  # graph file extension per backend
 DTYPES = ("float32", "float16", "bfloat16")
 REQUIRED_GRAPHS = ("prefill", "draft", "verify", "ar_step")
 DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")

@@ -35,17 +35,16 @@ def _version_minor(v: str | None) -> str | None:
     return ".".join(v.split("+")[0].split(".")[:2]) if v else None
 
 
-def _check_versions(manifest: dict, folder: Path) -> None:
+def _check_versions(manifest: dict, backend, folder: Path) -> None:
+    """The backend's ``version_libs`` must have the minor versions that compiled the graphs."""
     from jetspec_compile.export.artifact import library_versions
 
-    backend = manifest["backend"]
     built = manifest.get("versions", {})
     here = library_versions()
-    needs = {"aoti": ["torch"], "tensorrt": ["torch", "torch-tensorrt"]}.get(backend, [])
-    for lib in needs:
+    for lib in backend.version_libs:
         if _version_minor(built.get(lib)) != _version_minor(here.get(lib)):
             raise ArtifactError(f"{folder / 'manifest.json'}: field versions.{lib} is {built.get(lib)!r}, this "
-                                f"machine has {here.get(lib)!r}; {backend} graphs only load with the {lib} "
+                                f"machine has {here.get(lib)!r}; {backend.name} graphs only load with the {lib} "
                                 "minor version that built them (re-export here)")
 
 
@@ -257,7 +256,7 @@ def load(path: str | Path, device: str | torch.device | None = None, *, mode: st
          verify_hashes: bool = True) -> Engine:
     """Validate an artifact folder (schema, hashes, backend, library versions) and load its graphs."""
     from jetspec_compile.export.artifact import artifact_path, read_manifest
-    from jetspec_compile.export.pipeline import get_backend
+    from jetspec_compile.backends import get_backend
     from jetspec_compile.safetensors_io import load_safetensors
     from jetspec_compile.validate import torch_device as _device
 
@@ -271,24 +270,18 @@ def load(path: str | Path, device: str | torch.device | None = None, *, mode: st
         graphs = _eager_graphs(folder, manifest, weights, dev)
         return Engine(folder, manifest, graphs, dev, mode)
     backend = get_backend(manifest["backend"])
-    if manifest["device"].split(":")[0] != dev.type and manifest["backend"] != "onnx":
+    if manifest["device"].split(":")[0] != dev.type and backend.device_bound:
         raise ArtifactError(f"{folder / 'manifest.json'}: field device is {manifest['device']!r}; cannot load on "
                             f"{dev} (re-export with --device {dev.type})")
     backend.check_available(str(dev))
-    _check_versions(manifest, folder)
+    _check_versions(manifest, backend, folder)
     graphs = {}
     for name, info in manifest["graphs"].items():
-        kwargs = {}
-        if manifest["backend"] == "onnx":
-            from jetspec_compile.graphs import GRAPH_CLASSES
-            from jetspec_compile.export.onnx import forward_arg_names
-
-            kwargs["input_names"] = forward_arg_names(GRAPH_CLASSES[split_graph_name(name)[0]])
         graph_file = artifact_path(folder, info["file"], f"graphs.{name}.file")
         try:
-            graphs[name] = backend.load_graph(graph_file, str(dev), weights, **kwargs)
+            graphs[name] = backend.load_graph(graph_file, str(dev), weights, graph=name)
         except Exception as e:  # a corrupt graph (hashed by its author) must not end in a native stack trace
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise ArtifactError(f"{graph_file}: cannot load the {manifest['backend']} graph {name!r} "
+            raise ArtifactError(f"{graph_file}: cannot load the {backend.name} graph {name!r} "
                                 f"({first})") from None
     return Engine(folder, manifest, graphs, dev, mode)

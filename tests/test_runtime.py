@@ -111,8 +111,7 @@ def test_verify_lossless_cli(onnx_artifact, tmp_path, tiny_models):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "lossless: 3 prompts" in r.stdout
     # a verify graph swapped for a wrong one (compiled from another model), manifest re-hashed
-    from jetspec_compile.export import onnx as onnx_backend
-    from jetspec_compile.export.pipeline import capture
+    from jetspec_compile.backends import capture, get_backend
     from jetspec_compile.graphs import SpecConfig, build_graphs, example_inputs
     from jetspec_compile.tiny import tiny_head, tiny_target
 
@@ -125,7 +124,7 @@ def test_verify_lossless_cli(onnx_artifact, tmp_path, tiny_models):
     shutil.copytree(onnx_artifact, bad)
     for f in bad.glob("verify.onnx*"):
         f.unlink()
-    onnx_backend.compile_graph(ep, args, bad / "verify.onnx", "cpu")
+    get_backend("onnx").compile_graph(ep, args, bad / "verify.onnx", "cpu")
     m = json.loads((bad / "manifest.json").read_text())
     write_manifest(bad, {k: v for k, v in m.items() if k not in ("files", "schema_version")})
     r = _cli("verify-lossless", str(bad), "--prompts", str(prompts), "--max-new-tokens", "24")

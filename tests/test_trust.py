@@ -218,9 +218,10 @@ def test_manifest_symlink_out_and_empty_inputs(world, capsys):
 
 
 def test_every_backend_has_its_extension():
-    from jetspec_compile.export.pipeline import BACKENDS
+    from jetspec_compile.backends import BACKENDS, Backend
 
-    assert {n: b.EXT for n, b in BACKENDS.items()} == BACKEND_EXT
+    assert BACKEND_EXT == {"aoti": "pt2", "onnx": "onnx", "tensorrt": "ep"}  # the file names on disk
+    assert all(isinstance(b, Backend) and b.name == n for n, b in BACKENDS.items())
 
 
 def test_update_manifest_resigns(world):
@@ -315,16 +316,18 @@ def _fake_backend(name="aoti"):
         path.write_bytes(b"not a real graph " + path.name.encode())
         return {}
 
-    return types.SimpleNamespace(NAME=name, EXT=BACKEND_EXT[name], ATTENTION_FORM="op",
-                                 check_available=lambda device: None, compile_graph=compile_graph)
+    return types.SimpleNamespace(name=name, ext=BACKEND_EXT[name], attention_form="op",
+                                 check_available=lambda device: None, check_spec=lambda spec: None,
+                                 native_linear=lambda device: False, compile_graph=compile_graph)
 
 
 @pytest.fixture
 def fast_export(monkeypatch, tiny_models, tmp_path):
+    from jetspec_compile.backends import BACKENDS
     from jetspec_compile.export import pipeline
     from jetspec_compile.graphs import SpecConfig
 
-    monkeypatch.setitem(pipeline.BACKENDS, "aoti", _fake_backend())
+    monkeypatch.setitem(BACKENDS, "aoti", _fake_backend())
     target, head, folder = tiny_models
     spec = SpecConfig(budget=16, topk=3, max_seq_len=96, prefill_chunk=16)
 
@@ -384,9 +387,10 @@ def test_full_disk_leaves_nothing(fast_export, tmp_path, monkeypatch, capsys):
 
 
 def test_full_disk_cli_one_line(monkeypatch, capsys, tmp_path, tiny_models):
+    from jetspec_compile.backends import BACKENDS
     from jetspec_compile.export import pipeline
 
-    monkeypatch.setitem(pipeline.BACKENDS, "aoti", _fake_backend())
+    monkeypatch.setitem(BACKENDS, "aoti", _fake_backend())
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(a[1]))

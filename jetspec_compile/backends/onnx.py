@@ -8,33 +8,15 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from jetspec_compile.errors import BackendUnavailableError
+from jetspec_compile.errors import BackendUnavailableError, JetSpecError
 
-NAME = "onnx"
-EXT = "onnx"
-ATTENTION_FORM = "dense"
 DOMAIN = "jetspec"
 OP_TYPE = "TreeAttention"
-
-
-def check_available(device: str) -> None:
-    missing = []
-    for mod in ("onnx", "onnxscript", "onnxruntime"):
-        try:
-            __import__(mod)
-        except ImportError:
-            missing.append(mod)
-    if missing:
-        raise BackendUnavailableError(f"onnx backend needs {', '.join(missing)}: pip install 'jetspec-compile[onnx]'")
-    if torch.device(device).type != "cpu":
-        raise BackendUnavailableError("onnx backend: this runtime runs ONNX graphs with ONNX Runtime on the CPU; "
-                                      "use --device cpu (or the tensorrt / aoti backends on a GPU)")
 
 
 _SCHEMA_REGISTERED = []
@@ -73,43 +55,84 @@ def _custom_table() -> dict:
     return {torch.ops.jetspec.tree_attention.default: tree_attention}
 
 
-def compile_graph(ep: torch.export.ExportedProgram, example_args: tuple, path: Path, device: str,
-                  custom_ep: torch.export.ExportedProgram | None = None) -> dict:
-    """Write the decomposed graph (``ep``, captured with dense attention) and, when given, the custom-op form."""
-    import warnings
+class OnnxBackend:
+    """ONNX: ``<graph>.onnx`` run by ONNX Runtime on the CPU, plus ``<graph>.custom.onnx`` (custom-op form)."""
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(ep, example_args, str(path), dynamo=True, optimize=True, verbose=False)
-        meta = {}
-        if custom_ep is not None:
-            cpath = path.with_suffix(".custom.onnx")
-            torch.onnx.export(custom_ep, example_args, str(cpath), dynamo=True, optimize=True, verbose=False,
-                              custom_translation_table=_custom_table())
-            meta["custom_file"] = cpath.name
-    return meta
+    name = "onnx"
+    ext = "onnx"
+    attention_form = "dense"
+    devices = ("cpu",)
+    version_libs = ()  # ONNX files are portable across library versions
+    device_bound = False  # the graphs run in ONNX Runtime on the CPU, whatever device exported them
 
+    def check_available(self, device: str) -> None:
+        missing = []
+        for mod in ("onnx", "onnxscript", "onnxruntime"):
+            try:
+                __import__(mod)
+            except ImportError:
+                missing.append(mod)
+        if missing:
+            raise BackendUnavailableError(f"onnx backend needs {', '.join(missing)}: "
+                                          "pip install 'jetspec-compile[onnx]'")
+        if torch.device(device).type != "cpu":
+            raise BackendUnavailableError("onnx backend: this runtime runs ONNX graphs with ONNX Runtime on the "
+                                          "CPU; use --device cpu (or the tensorrt / aoti backends on a GPU)")
 
-def load_graph(path: Path, device: str, weights=None, input_names: list[str] | None = None) -> Callable:
-    import numpy as np
-    import onnxruntime as ort
+    def check_spec(self, spec) -> None:
+        if spec.lookup:
+            raise JetSpecError("--lookup is not supported by the onnx backend yet (its runner binds the draft "
+                               "graph's inputs by the plain draft signature); export with --lookup 0 or use aoti")
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, torch.get_num_threads())
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    names = [i.name for i in sess.get_inputs()]
-    order = input_names or names
+    def native_linear(self, device: str) -> bool:
+        return False
 
-    def run(*args):
-        feed = {}
-        for n, a in zip(order, args):
-            if n in names:
-                feed[n] = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-        return tuple(torch.from_numpy(o) for o in sess.run(None, feed))
+    def compile_graph(self, ep: torch.export.ExportedProgram, example_args: tuple, path: Path, device: str, *,
+                      module: torch.nn.Module | None = None) -> dict:
+        """Write the decomposed graph (``ep``, captured with dense attention) and, when ``module`` is given, the
+        custom-op form (``module`` captured again with the op)."""
+        import warnings
 
-    return run
+        from .base import capture
 
+        custom_ep = capture(module, example_args, "op") if module is not None else None
 
-def forward_arg_names(module: torch.nn.Module) -> list[str]:
-    return [p for p in inspect.signature(module.forward).parameters if p != "self"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(ep, example_args, str(path), dynamo=True, optimize=True, verbose=False)
+            meta = {}
+            if custom_ep is not None:
+                cpath = path.with_suffix(".custom.onnx")
+                torch.onnx.export(custom_ep, example_args, str(cpath), dynamo=True, optimize=True, verbose=False,
+                                  custom_translation_table=_custom_table())
+                meta["custom_file"] = cpath.name
+        return meta
+
+    def load_graph(self, path: Path, device: str, weights: dict[str, torch.Tensor] | None = None, *,
+                   graph: str | None = None) -> Callable:
+        """ONNX Runtime binds inputs by name: the runner feeds its positional arguments under the graph
+        class's forward argument names (``graph`` given) or the session's own input order."""
+        import numpy as np
+        import onnxruntime as ort
+
+        from jetspec_compile.graphs import GRAPH_CLASSES, split_graph_name
+
+        from .base import forward_arg_names
+
+        input_names = forward_arg_names(GRAPH_CLASSES[split_graph_name(graph)[0]]) if graph is not None else None
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, torch.get_num_threads())
+        opts.inter_op_num_threads = 1
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        names = [i.name for i in sess.get_inputs()]
+        order = input_names or names
+
+        def run(*args):
+            feed = {}
+            for n, a in zip(order, args):
+                if n in names:
+                    feed[n] = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+            return tuple(torch.from_numpy(o) for o in sess.run(None, feed))
+
+        return run

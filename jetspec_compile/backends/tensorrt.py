@@ -20,9 +20,6 @@ import torch
 
 from jetspec_compile.errors import BackendUnavailableError
 
-NAME = "tensorrt"
-EXT = "ep"
-ATTENTION_FORM = "op"
 INSTALL_HINT = ("install torch-tensorrt 2.13.x (pip install 'jetspec-compile[tensorrt]' with NVIDIA's package "
                 "index configured) on a machine with an NVIDIA GPU and CUDA torch 2.13")
 
@@ -34,14 +31,6 @@ def _import():
         raise BackendUnavailableError(f"tensorrt backend: torch_tensorrt cannot be imported ({type(e).__name__}: "
                                       f"{e}); {INSTALL_HINT}") from None
     return torch_tensorrt
-
-
-def check_available(device: str) -> None:
-    if torch.device(device).type != "cuda":
-        raise BackendUnavailableError(f"tensorrt backend needs --device cuda (got {device!r}); {INSTALL_HINT}")
-    if not torch.cuda.is_available():
-        raise BackendUnavailableError(f"tensorrt backend: no CUDA device is available; {INSTALL_HINT}")
-    _import()
 
 
 _PLUGINS = []
@@ -61,26 +50,50 @@ def register_plugins() -> None:
     _PLUGINS.append(True)
 
 
-def compile_graph(ep: torch.export.ExportedProgram, example_args: tuple, path: Path, device: str) -> dict:
-    torch_tensorrt = _import()
-    register_plugins()
-    trt_module = torch_tensorrt.dynamo.compile(
-        ep,
-        arg_inputs=list(example_args),
-        device=torch.device(device),
-        min_block_size=1,
-        require_full_compilation=False,  # small integer glue (tree, acceptance) may stay in torch
-    )
-    torch_tensorrt.save(trt_module, str(path), output_format="exported_program", arg_inputs=list(example_args))
-    return {"torch_tensorrt": torch_tensorrt.__version__}
+class TensorRTBackend:
+    """torch-tensorrt: ``<graph>.ep`` ExportedPrograms with the TensorRT engine inside (CUDA only)."""
 
+    name = "tensorrt"
+    ext = "ep"
+    attention_form = "op"
+    devices = ("cuda",)
+    version_libs = ("torch", "torch-tensorrt")
+    device_bound = True
 
-def load_graph(path: Path, device: str, weights=None) -> Callable:
-    torch_tensorrt = _import()
-    register_plugins()  # JIT plugins must be registered in the process that deserializes the engine
-    module = torch_tensorrt.load(str(path)).module()
+    def check_available(self, device: str) -> None:
+        if torch.device(device).type != "cuda":
+            raise BackendUnavailableError(f"tensorrt backend needs --device cuda (got {device!r}); {INSTALL_HINT}")
+        if not torch.cuda.is_available():
+            raise BackendUnavailableError(f"tensorrt backend: no CUDA device is available; {INSTALL_HINT}")
+        _import()
 
-    def run(*args):
-        return module(*args)
+    def check_spec(self, spec) -> None:
+        pass
 
-    return run
+    def native_linear(self, device: str) -> bool:
+        return False
+
+    def compile_graph(self, ep: torch.export.ExportedProgram, example_args: tuple, path: Path, device: str, *,
+                      module: torch.nn.Module | None = None) -> dict:
+        torch_tensorrt = _import()
+        register_plugins()
+        trt_module = torch_tensorrt.dynamo.compile(
+            ep,
+            arg_inputs=list(example_args),
+            device=torch.device(device),
+            min_block_size=1,
+            require_full_compilation=False,  # small integer glue (tree, acceptance) may stay in torch
+        )
+        torch_tensorrt.save(trt_module, str(path), output_format="exported_program", arg_inputs=list(example_args))
+        return {"torch_tensorrt": torch_tensorrt.__version__}
+
+    def load_graph(self, path: Path, device: str, weights: dict[str, torch.Tensor] | None = None, *,
+                   graph: str | None = None) -> Callable:
+        torch_tensorrt = _import()
+        register_plugins()  # JIT plugins must be registered in the process that deserializes the engine
+        module = torch_tensorrt.load(str(path)).module()
+
+        def run(*args):
+            return module(*args)
+
+        return run

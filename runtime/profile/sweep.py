@@ -77,11 +77,11 @@ def _cached_meta(folder: Path, key: dict, files: dict) -> dict | None:
     return meta if ok else None
 
 
-def _compile(be, backend_name: str, modules: dict, target, head, spec, files: dict, folder: Path, key: dict,
+def _compile(be, modules: dict, target, head, spec, files: dict, folder: Path, key: dict,
              note: str | None, native: bool, device: torch.device, budget: int, log) -> tuple[dict, dict]:
     """Capture and compile the sweep graphs into ``folder`` (atomically); returns (capture_s, compile_s)."""
     from jetspec_compile.export.artifact import atomic_folder
-    from jetspec_compile.export.pipeline import capture
+    from jetspec_compile.backends import capture
     from jetspec_compile.graphs import example_inputs
     from jetspec_compile.linear import native_linears
 
@@ -89,10 +89,10 @@ def _compile(be, backend_name: str, modules: dict, target, head, spec, files: di
     with atomic_folder(folder, force=True) as tmp:
         for i, name in enumerate(SWEEP_GRAPHS, 1):
             args = example_inputs(name, target, head, spec, device)
-            log(f"[budget {budget}] compiling {name} ({backend_name}) [{i}/{len(SWEEP_GRAPHS)}] ...")
+            log(f"[budget {budget}] compiling {name} ({be.name}) [{i}/{len(SWEEP_GRAPHS)}] ...")
             t0 = time.perf_counter()
             with native_linears(target, head, enabled=native):
-                ep = capture(modules[name], args, be.ATTENTION_FORM)
+                ep = capture(modules[name], args, be.attention_form)
             t1 = time.perf_counter()
             be.compile_graph(ep, args, tmp / files[name], str(device))
             t2 = time.perf_counter()
@@ -105,38 +105,28 @@ def _compile(be, backend_name: str, modules: dict, target, head, spec, files: di
     return capture_s, compile_s
 
 
-def _load(be, backend_name: str, modules: dict, files: dict, folder: Path, device: torch.device) -> dict:
+def _load(be, modules: dict, files: dict, folder: Path, device: torch.device) -> dict:
     from jetspec_compile.export.pipeline import graph_weights
-    from jetspec_compile.graphs import GRAPH_CLASSES
 
     weights = graph_weights(modules)
-    graphs = {}
-    for name in SWEEP_GRAPHS:
-        kwargs = {}
-        if backend_name == "onnx":
-            from jetspec_compile.export.onnx import forward_arg_names
-
-            kwargs["input_names"] = forward_arg_names(GRAPH_CLASSES[name])
-        graphs[name] = be.load_graph(folder / files[name], str(device), weights, **kwargs)
-    return graphs
+    return {name: be.load_graph(folder / files[name], str(device), weights, graph=name) for name in SWEEP_GRAPHS}
 
 
 def build_sweep(manifest: dict, target, head, base_spec, budget: int, folder: Path, device: torch.device,
                 log: Callable[[str], None] = print) -> SweepGraphs:
     """Compile (or reuse the cached) draft + verify graphs of ``budget`` into ``folder`` and load them."""
     from jetspec_compile.export.artifact import library_versions
-    from jetspec_compile.export.pipeline import get_backend
+    from jetspec_compile.backends import get_backend
     from jetspec_compile.graphs import build_graphs
 
-    backend_name = manifest["backend"]
-    be = get_backend(backend_name)
+    be = get_backend(manifest["backend"])
     head.set_depth(int(manifest["head"].get("block_depth", head.depth)))
     spec, note = sweep_spec(manifest, base_spec, head, budget)
     head.set_depth(spec.reachable_depth(head))  # as export does: draft only the depths this budget reaches
-    native = getattr(be, "native_linear", lambda d: False)(str(device))
+    native = be.native_linear(str(device))
     modules = build_graphs(target, head, spec, SWEEP_GRAPHS)
-    files = {n: f"{n}.{be.EXT}" for n in SWEEP_GRAPHS}
-    key = {"artifact_key": artifact_key(manifest), "budget": budget, "backend": backend_name,
+    files = {n: f"{n}.{be.ext}" for n in SWEEP_GRAPHS}
+    key = {"artifact_key": artifact_key(manifest), "budget": budget, "backend": be.name,
            "device": str(device), "spec": spec.to_dict(), "torch": library_versions().get("torch"),
            "depth": head.depth, "native_linear": native}
     meta = _cached_meta(folder, key, files)
@@ -144,9 +134,9 @@ def build_sweep(manifest: dict, target, head, base_spec, budget: int, folder: Pa
         log(f"[budget {budget}] reusing compiled draft + verify from {folder}")
         capture_s, compile_s = meta.get("capture_s", {}), meta.get("compile_s", {})
     else:
-        capture_s, compile_s = _compile(be, backend_name, modules, target, head, spec, files, folder, key, note,
+        capture_s, compile_s = _compile(be, modules, target, head, spec, files, folder, key, note,
                                         native, device, budget, log)
-    graphs = _load(be, backend_name, modules, files, folder, device)
+    graphs = _load(be, modules, files, folder, device)
     return SweepGraphs(budget, folder, graphs, meta is not None, capture_s, compile_s, note, head.depth)
 
 

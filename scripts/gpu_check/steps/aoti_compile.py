@@ -17,9 +17,10 @@ def compile_one(ctx: Ctx, graph: str, budget: int, dest: Path) -> dict:
     """Capture + compile one graph of the kit's model with the pipeline's own functions."""
     import torch
 
-    from jetspec_compile.export import aoti
-    from jetspec_compile.export.pipeline import capture
+    from jetspec_compile.backends import capture, get_backend
     from jetspec_compile.graphs import build_graphs, example_inputs
+
+    aoti = get_backend("aoti")
 
     dims = model_dims(ctx)
     t0 = time.perf_counter()
@@ -28,7 +29,7 @@ def compile_one(ctx: Ctx, graph: str, budget: int, dest: Path) -> dict:
     module = build_graphs(target, head, spec, (graph,))[graph]
     args = example_inputs(graph, target, head, spec, ctx.device)
     t1 = time.perf_counter()
-    ep = capture(module, args, aoti.ATTENTION_FORM)
+    ep = capture(module, args, aoti.attention_form)
     t2 = time.perf_counter()
     dest.parent.mkdir(parents=True, exist_ok=True)
     aoti.compile_graph(ep, args, dest, ctx.device)

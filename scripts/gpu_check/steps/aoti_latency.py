@@ -14,7 +14,9 @@ EQUALITY_KEYS = ("graph", "budget", "ok", "near_tie", "tokens_equal", "token_equ
 
 
 def _load_packages(ctx: Ctx, have, pkg, weights) -> tuple[dict, list[str]]:
-    from jetspec_compile.export import aoti
+    from jetspec_compile.backends import get_backend
+
+    aoti = get_backend("aoti")
 
     compiled, load_errors = {}, []
     for g, b in have:

@@ -1,0 +1,16 @@
+"""Backends: one adapter class per module (``aoti``, ``onnx``, ``tensorrt``), all behind one ``Backend``
+protocol, and the registry the CLI's ``--backend`` choices, the manifest schema, ``export`` and the
+runtime all read.
+
+Layering: this package depends only on the core (``jetspec_compile`` modules); ``jetspec_compile.artifact``,
+``export`` and ``runtime`` build on it. A backend name is tested only inside its own adapter: everything
+else asks the adapter (``ext``, ``attention_form``, ``devices``, ``version_libs``, ``device_bound``,
+``check_spec``, ``native_linear``).
+"""
+
+from __future__ import annotations
+
+from .base import Backend, capture, forward_arg_names
+from .registry import BACKENDS, backend_names, get_backend
+
+__all__ = ["BACKENDS", "Backend", "backend_names", "capture", "forward_arg_names", "get_backend"]
