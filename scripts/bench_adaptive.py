@@ -14,6 +14,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -31,6 +32,30 @@ PROSE = [
     "Dear committee, I am writing to apply for the position of assistant librarian. For the past four years "
     "I have worked in a public library, where I organised reading groups for children",
 ]
+
+
+class PolicyClock:
+    """Host seconds spent in the adaptive policy (choose + observe) and the rounds it chose."""
+
+    def __init__(self):
+        from jetspec_compile.adaptive import BudgetPolicy
+
+        self.seconds, self.choices = 0.0, 0
+        for name in ("choose", "observe"):
+            setattr(BudgetPolicy, name, self._timed(getattr(BudgetPolicy, name), name == "choose"))
+
+    def _timed(self, fn, counts: bool):
+        def wrapper(policy, *args, **kwargs):
+            t0 = time.perf_counter()
+            out = fn(policy, *args, **kwargs)
+            self.seconds += time.perf_counter() - t0
+            self.choices += counts
+            return out
+        return wrapper
+
+    @property
+    def us_per_round(self) -> float:
+        return 1e6 * self.seconds / max(self.choices, 1)
 
 
 def run(engine, prompts, budget, speculative, max_new) -> float:
@@ -58,6 +83,7 @@ def main(argv=None) -> int:
     from jetspec_compile.runtime import load
 
     engine = load(args.artifact)
+    clock = PolicyClock()
     if args.recalibrate:
         print("round costs measured here (ms):", engine.calibrate(), flush=True)
     code = heldout_prompts(engine, args.n, args.prompt_tokens)[0]
@@ -75,12 +101,15 @@ def main(argv=None) -> int:
                 ratios[m].append(run(engine, prompts, b, True, args.max_new_tokens) / ar)
         res[name] = {m: statistics.median(v) for m, v in ratios.items()}
         print(name, {m: round(v, 3) for m, v in res[name].items()}, flush=True)
+    res["policy_us_per_round"] = round(clock.us_per_round, 1)
+    print(f"adaptive policy: {clock.us_per_round:.1f} us per round (choose + observe, {clock.choices} rounds)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_adaptive.json").write_text(json.dumps(res, indent=2))
     cols = list(methods)
     lines = ["| prompt set | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    lines += [f"| {s} | " + " | ".join(f"{r[c]:.2f}x" for c in cols) + " |" for s, r in res.items()]
+    lines += [f"| {s} | " + " | ".join(f"{r[c]:.2f}x" for c in cols) + " |" for s, r in res.items()
+              if isinstance(r, dict)]
     (out / "bench_adaptive.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
