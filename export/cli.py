@@ -173,7 +173,7 @@ def _export_synthetic(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from .artifact import read_manifest
+    from jetspec_compile.artifact import read_manifest
 
     m = read_manifest(args.artifact, verify_hashes=True)
     if args.json:

@@ -104,7 +104,7 @@ def device(text: str) -> str:
 
 def out_folder(text: str) -> str:
     """An output folder that can be created: not under /proc, /sys or /dev, below a writable folder."""
-    from .export.atomic import check_out_folder
+    from .atomic import check_out_folder
 
     utf8_text(text)
     try:

@@ -37,7 +37,7 @@ def _version_minor(v: str | None) -> str | None:
 
 def _check_versions(manifest: dict, backend, folder: Path) -> None:
     """The backend's ``version_libs`` must have the minor versions that compiled the graphs."""
-    from jetspec_compile.export.artifact import library_versions
+    from jetspec_compile.artifact import library_versions
 
     built = manifest.get("versions", {})
     here = library_versions()
@@ -68,7 +68,7 @@ class Engine:
         self.tokenizer = None
         tok = manifest.get("tokenizer")
         if tok:
-            from jetspec_compile.export.artifact import load_tokenizer
+            from jetspec_compile.artifact import load_tokenizer
 
             self.tokenizer = load_tokenizer(folder, tok["file"])
         self.last_stats: Stats | None = None
@@ -255,7 +255,7 @@ def budget_arms(manifest: dict) -> list[Arm]:
 def load(path: str | Path, device: str | torch.device | None = None, *, mode: str = "compiled",
          verify_hashes: bool = True) -> Engine:
     """Validate an artifact folder (schema, hashes, backend, library versions) and load its graphs."""
-    from jetspec_compile.export.artifact import artifact_path, read_manifest
+    from jetspec_compile.artifact import artifact_path, read_manifest
     from jetspec_compile.backends import get_backend
     from jetspec_compile.safetensors_io import load_safetensors
     from jetspec_compile.validate import torch_device as _device

@@ -59,7 +59,7 @@ def ensure_artifact(args) -> Path:
     """The artifact to measure: --artifact as given, or the demo exported at --budget (reused when present)."""
     from jetspec_compile.cli import main as cli
     from jetspec_compile.errors import ArtifactError
-    from jetspec_compile.export.artifact import read_manifest
+    from jetspec_compile.artifact import read_manifest
 
     if args.artifact and not args.force_export:
         return Path(args.artifact)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from jetspec_compile.errors import ArtifactError, BackendUnavailableError, JetSpecError
-from jetspec_compile.export.artifact import read_manifest
+from jetspec_compile.artifact import read_manifest
 from jetspec_compile.export.pipeline import capture, export_model
 from jetspec_compile.graphs import GRAPH_NAMES, SpecConfig, build_graphs, example_inputs
 from jetspec_compile.runtime import load

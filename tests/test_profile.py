@@ -110,7 +110,7 @@ def test_profile_two_budgets_writes_json_csv_png(artifact, inductor_cache, capsy
 
 
 def test_autotune_records_budget_and_reuses_sweep(artifact, inductor_cache, capsys):
-    from jetspec_compile.export.artifact import read_manifest
+    from jetspec_compile.artifact import read_manifest
     from jetspec_compile.runtime import load
 
     art, prompts, root = artifact

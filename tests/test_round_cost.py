@@ -80,7 +80,7 @@ def test_native_linears_swaps_and_restores():
 
 
 def test_aoti_artifact_is_native_and_pruned(aoti_artifact):
-    from jetspec_compile.export.artifact import read_manifest
+    from jetspec_compile.artifact import read_manifest
 
     m = read_manifest(aoti_artifact)
     assert m["head"]["block_depth"] == 5 and m["shapes"]["depth"] == m["head"]["depth"] == 5  # B=16, K=3 -> 5

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from jetspec_compile.errors import JetSpecError
-from jetspec_compile.export.artifact import write_manifest
+from jetspec_compile.artifact import write_manifest
 from jetspec_compile.runtime import load
 from jetspec_compile.speculative import autoregressive_generate, speculative_generate
 

@@ -21,10 +21,9 @@ import pytest
 
 from jetspec_compile.cli import main
 from jetspec_compile.errors import ArtifactError
-from jetspec_compile.export.artifact import (atomic_folder, manifest_digest, read_manifest, sha256, update_manifest,
-                                             write_manifest)
-from jetspec_compile.export.atomic import clean_stale
-from jetspec_compile.export.schema import BACKEND_EXT
+from jetspec_compile.artifact import manifest_digest, read_manifest, sha256, update_manifest, write_manifest
+from jetspec_compile.atomic import atomic_folder, clean_stale
+from jetspec_compile.artifact.schema import BACKEND_EXT
 
 # ---- helpers --------------------------------------------------------------------------------------------
 
@@ -430,7 +429,7 @@ def test_stale_partial_folders_are_cleaned(tmp_path):
 _KILLED_EXPORT = """
 import sys, time
 from pathlib import Path
-from jetspec_compile.export.artifact import atomic_folder
+from jetspec_compile.atomic import atomic_folder
 with atomic_folder(Path(sys.argv[1])) as tmp:
     (tmp / "weights.safetensors").write_bytes(b"x" * 1000)
     print("writing", flush=True)

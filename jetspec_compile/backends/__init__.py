@@ -10,7 +10,7 @@ else asks the adapter (``ext``, ``attention_form``, ``devices``, ``version_libs`
 
 from __future__ import annotations
 
-from .base import Backend, capture, forward_arg_names
+from .base import Backend, capture, forward_arg_names, graph_weights
 from .registry import BACKENDS, backend_names, get_backend
 
-__all__ = ["BACKENDS", "Backend", "backend_names", "capture", "forward_arg_names", "get_backend"]
+__all__ = ["BACKENDS", "Backend", "backend_names", "capture", "forward_arg_names", "get_backend", "graph_weights"]

@@ -56,6 +56,15 @@ def capture(module: torch.nn.Module, args: tuple, form: str = "op") -> torch.exp
         return torch.export.export(module, args, strict=False)
 
 
+def graph_weights(graphs: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of the graphs, once, keyed by the graphs' own names."""
+    out: dict[str, torch.Tensor] = {}
+    for m in graphs.values():
+        for k, v in list(m.named_parameters(remove_duplicate=False)) + list(m.named_buffers(remove_duplicate=False)):
+            out.setdefault(k, v.detach())
+    return out
+
+
 def forward_arg_names(module: torch.nn.Module | type) -> list[str]:
     """The names of a graph module's (or graph class's) forward arguments, in order."""
     return [p for p in inspect.signature(module.forward).parameters if p != "self"]

@@ -35,7 +35,7 @@ def profile_artifact(artifact: str | Path, prompts: Sequence[str | Sequence[int]
     """Profile ``artifact`` over ``budgets`` (see the package docstring). Returns the profile.json dict.
 
     ``prompts``: text (needs the artifact's tokenizer) or token-id lists."""
-    from jetspec_compile.export.artifact import update_manifest
+    from jetspec_compile.artifact import update_manifest
     from jetspec_compile.safetensors_io import load_safetensors
 
     from ..engine import eager_models, load

@@ -58,7 +58,7 @@ class SweepGraphs:
 
 
 def _file_hashes(folder: Path, names) -> dict:
-    from jetspec_compile.export.artifact import sha256
+    from jetspec_compile.artifact import sha256
 
     return {n: sha256(folder / n) for n in names}
 
@@ -80,7 +80,7 @@ def _cached_meta(folder: Path, key: dict, files: dict) -> dict | None:
 def _compile(be, modules: dict, target, head, spec, files: dict, folder: Path, key: dict,
              note: str | None, native: bool, device: torch.device, budget: int, log) -> tuple[dict, dict]:
     """Capture and compile the sweep graphs into ``folder`` (atomically); returns (capture_s, compile_s)."""
-    from jetspec_compile.export.artifact import atomic_folder
+    from jetspec_compile.atomic import atomic_folder
     from jetspec_compile.backends import capture
     from jetspec_compile.graphs import example_inputs
     from jetspec_compile.linear import native_linears
@@ -106,7 +106,7 @@ def _compile(be, modules: dict, target, head, spec, files: dict, folder: Path, k
 
 
 def _load(be, modules: dict, files: dict, folder: Path, device: torch.device) -> dict:
-    from jetspec_compile.export.pipeline import graph_weights
+    from jetspec_compile.backends import graph_weights
 
     weights = graph_weights(modules)
     return {name: be.load_graph(folder / files[name], str(device), weights, graph=name) for name in SWEEP_GRAPHS}
@@ -115,7 +115,7 @@ def _load(be, modules: dict, files: dict, folder: Path, device: torch.device) ->
 def build_sweep(manifest: dict, target, head, base_spec, budget: int, folder: Path, device: torch.device,
                 log: Callable[[str], None] = print) -> SweepGraphs:
     """Compile (or reuse the cached) draft + verify graphs of ``budget`` into ``folder`` and load them."""
-    from jetspec_compile.export.artifact import library_versions
+    from jetspec_compile.artifact import library_versions
     from jetspec_compile.backends import get_backend
     from jetspec_compile.graphs import build_graphs
 

@@ -79,7 +79,7 @@ class ServedModel:
 def chat_template(folder: Path, manifest: dict) -> str | None:
     """The chat template of the artifact's tokenizer_config.json (a file the manifest lists and ``load``
     verified), or None."""
-    from jetspec_compile.export.artifact import artifact_path
+    from jetspec_compile.artifact import artifact_path
 
     tok = manifest.get("tokenizer") or {}
     name = next((f for f in tok.get("files") or [] if Path(f).name == "tokenizer_config.json"), None)

@@ -17,7 +17,7 @@ def _eager_graphs(engine, folder, dims: dict, device: str):
     """The artifact's graphs rebuilt eagerly over its own weights.safetensors: (target, head, spec, graphs)."""
     import torch
 
-    from jetspec_compile.export.pipeline import graph_weights
+    from jetspec_compile.backends import graph_weights
     from jetspec_compile.graphs import build_graphs
     from jetspec_compile.safetensors_io import load_safetensors
 

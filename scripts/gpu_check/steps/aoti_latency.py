@@ -60,7 +60,7 @@ def _time_and_compare(ctx: Ctx, eager: dict, compiled: dict, state: State, head,
 
 
 def run(ctx: Ctx) -> dict:
-    from jetspec_compile.export.pipeline import graph_weights
+    from jetspec_compile.backends import graph_weights
     from jetspec_compile.graphs import build_graphs
 
     dims = model_dims(ctx)

@@ -24,7 +24,6 @@ from pathlib import Path, PurePosixPath
 
 from jetspec_compile.errors import ArtifactError
 
-from .atomic import atomic_folder, check_out_folder  # noqa: F401  (re-exported: export and profile use them)
 from .schema import check_fields, check_graph_shapes
 
 SCHEMA_VERSION = 2

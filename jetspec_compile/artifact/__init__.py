@@ -1,0 +1,19 @@
+"""The artifact layer: reading, checking and writing an artifact folder's manifest, for export and the runtime.
+
+Layering (imports run one way): the core (``jetspec_compile`` modules, ``jetspec_compile.backends``) ->
+this package -> ``export`` / ``runtime`` -> the command lines. Neither ``export`` nor ``runtime`` imports the
+other's internals; what both need lives here or below.
+
+``store``: paths, hashes, the manifest's own digest, atomic manifest writes and verified reads.
+``schema``: every manifest field's type and range, and the shapes against the compiled graphs.
+"""
+
+from __future__ import annotations
+
+from .schema import BACKEND_EXT, check_fields, check_graph_shapes
+from .store import (DIGEST, MANIFEST, SCHEMA_VERSION, artifact_path, library_versions, load_tokenizer,
+                    manifest_digest, read_manifest, sha256, update_manifest, write_manifest)
+
+__all__ = ["BACKEND_EXT", "DIGEST", "MANIFEST", "SCHEMA_VERSION", "artifact_path", "check_fields",
+           "check_graph_shapes", "library_versions", "load_tokenizer", "manifest_digest", "read_manifest", "sha256",
+           "update_manifest", "write_manifest"]
