@@ -228,12 +228,15 @@ def test_autoregressive_equals_hf(models):
 
 # ---- sampling --------------------------------------------------------------------------------------------
 
-def test_sampling_is_lossless():
-    """Empirical distribution of the first two tokens == the target's (chi-square, fixed seed)."""
+@pytest.mark.parametrize("prompt, budget, lookup", [([3, 1, 4], 16, 0), ([3, 1, 4, 2, 3, 1], 4, 3)],
+                         ids=["tree", "tree+lookup"])
+def test_sampling_is_lossless(prompt, budget, lookup):
+    """Empirical distribution of the first two tokens == the target's (chi-square, fixed seed), with the
+    head's tree alone and with a prompt-lookup chain verified beside a small tree (the prompt repeats
+    "3, 1", so the chain proposes "4, 2, 3" after it)."""
     V = 8
     target = tiny_target(vocab_size=V, num_layers=2, num_taps=1, hidden_size=32, num_heads=2, num_kv_heads=1, std=0.5)
     head = tiny_head(target, block_size=4, mask_token_id=V - 1)
-    prompt = [3, 1, 4]
     T, top_p = 0.9, 0.95
     with torch.no_grad():  # exact joint distribution of (t1, t2) under the filtered target
         p1, o1 = filter_logits(target(torch.tensor(prompt)).logits[-1:], torch.tensor([T]), torch.tensor([0]),
@@ -244,11 +247,11 @@ def test_sampling_is_lossless():
             pa, oa = filter_logits(target(torch.tensor(prompt + [a])).logits[-1:], torch.tensor([T]),
                                    torch.tensor([0]), torch.tensor([top_p]))
             joint[a] = dist1[a] * torch.zeros(V).scatter(0, oa[0], pa[0])
-    spec = SpecConfig(budget=16, topk=3, max_seq_len=40, prefill_chunk=4)
+    spec = SpecConfig(budget=budget, topk=3, max_seq_len=40, prefill_chunk=4, lookup=lookup)
     dec = eager_decoder(target, head, spec, ("prefill", "draft", "verify_sample"))
     N = 1500
     counts = torch.zeros(V, V)
-    deep = 0
+    deep = chained = 0
     for s in range(N):
         from jetspec_compile.decode import Stats
 
@@ -256,7 +259,9 @@ def test_sampling_is_lossless():
         out = [t for c in dec.speculative(prompt, 2, temperature=T, top_p=top_p, seed=s, stats=st) for t in c]
         counts[out[0], out[1]] += 1
         deep += st.accepted[0] >= 2
+        chained += st.lookup_rounds
     assert deep > N * 0.2  # the second token often came from the tree, not only as a bonus
+    assert chained > N * 0.05 if lookup else chained == 0  # rounds whose accepted tokens the chain proposed
     exp = joint.flatten() * N
     obs = counts.flatten()
     keep = exp > 5
