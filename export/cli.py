@@ -173,42 +173,39 @@ def _export_synthetic(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from jetspec_compile.artifact import read_manifest
+    from jetspec_compile.artifact import load_manifest
 
-    m = read_manifest(args.artifact, verify_hashes=True)
+    m = load_manifest(args.artifact, verify_hashes=True)
     if args.json:
-        print(json.dumps(m, indent=2, sort_keys=True))
+        print(json.dumps(m.to_json(), indent=2, sort_keys=True))
         return 0
-    s = m["shapes"]
+    s = m.shapes
     print(f"artifact   {args.artifact}")
-    print(f"backend    {m['backend']} on {m['device']}, dtype {m['dtype']}, schema v{m['schema_version']}")
-    look = (m.get("lookup") or {}).get("length", 0)
-    print(f"shapes     B={s['budget']} D={s['depth']} K={s['topk']} S={s['max_seq_len']} P={s['prefill_chunk']}"
-          f"{f' + lookup chain L={look}' if look else ''}")
-    tree = m["tree"]
-    extra = f" ({len(tree['static']['paths']) + 1} nodes)" if tree.get("static") else ""
-    print(f"tree       {tree['policy']}{extra}; sampling graph: {'yes' if m.get('sampling') else 'no'}")
-    t, h = m["target"], m["head"]
-    print(f"target     {t['model_type']}, {t['num_layers']} layers, hidden {t['config']['hidden_size']}, "
-          f"vocab {t['config']['vocab_size']}, taps {t['tap_layers']}")
-    print(f"head       {h['config']['num_hidden_layers']} layers, drafts depth {h['depth']} of its block's "
-          f"{h.get('block_depth', h['depth'])} (the deepest the tree reaches), "
-          f"causal {h['config']['dflash_config'].get('causal_head')}")
-    print(f"tokenizer  {m['tokenizer']['file'] if m.get('tokenizer') else 'none'}; eos {m.get('eos_token_ids')}")
+    print(f"backend    {m.backend} on {m.device}, dtype {m.dtype}, schema v{m.schema_version}")
+    print(f"shapes     B={s.budget} D={s.depth} K={s.topk} S={s.max_seq_len} P={s.prefill_chunk}"
+          f"{f' + lookup chain L={m.lookup}' if m.lookup else ''}")
+    extra = f" ({m.static_tree_nodes} nodes)" if m.static_tree_nodes else ""
+    print(f"tree       {m.tree_policy}{extra}; sampling graph: {'yes' if m.sampling else 'no'}")
+    t, h = m.target, m.head
+    print(f"target     {t.model_type}, {t.num_layers} layers, hidden {t.hidden_size}, "
+          f"vocab {t.vocab_size}, taps {list(t.tap_layers)}")
+    print(f"head       {h.num_hidden_layers} layers, drafts depth {h.depth} of its block's "
+          f"{h.block_depth} (the deepest the tree reaches), causal {h.causal_head}")
+    eos = None if m.eos_token_ids is None else list(m.eos_token_ids)
+    print(f"tokenizer  {m.tokenizer_file or 'none'}; eos {eos}")
     print("graphs")
-    for name, g in m["graphs"].items():
-        print(f"  {name:14s} {g['file']:22s} {g['bytes'] / 2**20:7.1f} MiB  capture {g['capture_s']:6.1f}s  "
-              f"compile {g['compile_s']:6.1f}s  jetspec ops {g.get('jetspec_ops', '?')}")
-    budgets = m.get("budgets")
-    if budgets:
-        cost = budgets["cost_ms"]
-        rows = ", ".join(f"{'plain' if b == 1 else f'B={b}'} {cost[str(b)]:.2f} ms (depth {budgets['depth'][str(b)]})"
-                         for b in budgets["compiled"])
+    for name, g in m.graphs.items():
+        print(f"  {name:14s} {g.file:22s} {g.bytes / 2**20:7.1f} MiB  capture {g.capture_s:6.1f}s  "
+              f"compile {g.compile_s:6.1f}s  jetspec ops {'?' if g.jetspec_ops is None else g.jetspec_ops}")
+    if m.budgets:
+        bud = m.budgets
+        rows = ", ".join(f"{'plain' if b == 1 else f'B={b}'} {bud.cost(b):.2f} ms (depth {bud.depth[b]})"
+                         for b in bud.compiled)
         print(f"budgets    adaptive by default; calibrated round cost: {rows}"
-              + (f"; ar_step {cost['ar_step']:.2f} ms" if "ar_step" in cost else ""))
-    if m.get("autotune"):
-        print(f"autotune   {m['autotune']}")
-    vers = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items() if v)
+              + (f"; ar_step {bud.ar_step_ms:.2f} ms" if bud.ar_step_ms is not None else ""))
+    if m.autotune:
+        print(f"autotune   {m.autotune}")
+    vers = ", ".join(f"{k} {v}" for k, v in m.versions.items() if v)
     print(f"versions   {vers}")
-    print(f"files      {len(m['files'])} files, every sha256 verified")
+    print(f"files      {len(m.files)} files, every sha256 verified")
     return 0

@@ -13,12 +13,10 @@ from typing import Iterator, Sequence
 import torch
 
 from jetspec_compile.adaptive import Arm
-from jetspec_compile.decode import CacheDims, Decoder, Stats
+from jetspec_compile.artifact import Manifest
+from jetspec_compile.decode import Decoder, Stats
 from jetspec_compile.graphs import budget_graph_name, budget_spec, split_graph_name
 from jetspec_compile.errors import ArtifactError, JetSpecError
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
 
 @dataclass
 class Generation:
@@ -35,11 +33,11 @@ def _version_minor(v: str | None) -> str | None:
     return ".".join(v.split("+")[0].split(".")[:2]) if v else None
 
 
-def _check_versions(manifest: dict, backend, folder: Path) -> None:
+def _check_versions(manifest: Manifest, backend, folder: Path) -> None:
     """The backend's ``version_libs`` must have the minor versions that compiled the graphs."""
     from jetspec_compile.artifact import library_versions
 
-    built = manifest.get("versions", {})
+    built = manifest.versions
     here = library_versions()
     for lib in backend.version_libs:
         if _version_minor(built.get(lib)) != _version_minor(here.get(lib)):
@@ -50,27 +48,26 @@ def _check_versions(manifest: dict, backend, folder: Path) -> None:
 
 class Engine:
     """A loaded artifact. ``mode="compiled"`` runs the backend's graphs; ``mode="eager"`` rebuilds the
-    target and head from the artifact's configs and weights and runs the uncompiled graphs (the oracle)."""
+    target and head from the artifact's configs and weights and runs the uncompiled graphs (the oracle).
 
-    def __init__(self, folder: Path, manifest: dict, graphs: dict, device: torch.device, mode: str):
+    ``artifact``: the typed manifest; ``manifest``: the same as the JSON object on disk (for tools)."""
+
+    def __init__(self, folder: Path, manifest: Manifest, graphs: dict, device: torch.device, mode: str):
         self.folder = folder
-        self.manifest = manifest
+        self.artifact = manifest
+        self.manifest = manifest.to_json()
         self.mode = mode
         self.device = device
-        shapes = manifest["shapes"]
-        dims = CacheDims.from_configs(manifest["target"]["config"], manifest["head"]["config"],
-                                      int(shapes["depth"]), _DTYPES[manifest["dtype"]])
-        self.decoder = Decoder(graphs, budget=shapes["budget"], topk=shapes["topk"],
-                               max_seq_len=shapes["max_seq_len"], prefill_chunk=shapes["prefill_chunk"],
-                               dims=dims, device=device, lookup=int((manifest.get("lookup") or {}).get("length", 0)),
-                               arms=budget_arms(manifest))
-        self.eos_token_ids: list[int] = list(manifest.get("eos_token_ids") or [])
+        s = manifest.shapes
+        self.decoder = Decoder(graphs, budget=s.budget, topk=s.topk, max_seq_len=s.max_seq_len,
+                               prefill_chunk=s.prefill_chunk, dims=manifest.cache_dims(), device=device,
+                               lookup=manifest.lookup, arms=budget_arms(manifest))
+        self.eos_token_ids: list[int] = list(manifest.eos_token_ids or [])
         self.tokenizer = None
-        tok = manifest.get("tokenizer")
-        if tok:
+        if manifest.tokenizer_file:
             from jetspec_compile.artifact import load_tokenizer
 
-            self.tokenizer = load_tokenizer(folder, tok["file"])
+            self.tokenizer = load_tokenizer(folder, manifest.tokenizer_file)
         self.last_stats: Stats | None = None
 
     def calibrate(self, reps: int = 10) -> dict[str, float]:
@@ -82,7 +79,7 @@ class Engine:
     def replica(self) -> "Engine":
         """Another engine over the same loaded graphs and weights, with its own caches (one per concurrent
         request: graphs are shared, caches are not)."""
-        return Engine(self.folder, self.manifest, self.decoder.graphs, self.device, self.mode)
+        return Engine(self.folder, self.artifact, self.decoder.graphs, self.device, self.mode)
 
     # ---- shapes ---------------------------------------------------------------------------------------
     @property
@@ -190,94 +187,81 @@ def _load_sub(module: torch.nn.Module, weights: dict, prefix: str, folder: Path)
     module.load_state_dict({k: weights[prefix + k] for k in want}, strict=True)
 
 
-def eager_models(folder: Path, manifest: dict, weights: dict, device: torch.device):
+def eager_models(folder: Path, manifest: Manifest, weights: dict, device: torch.device):
     """Rebuild the target, the head and the SpecConfig of an artifact from its configs and weights.
 
     Returns ``(target, head, spec)``; ``target.model`` is the Hugging Face model."""
     from transformers import AutoConfig, AutoModelForCausalLM, Qwen3Config
 
-    from jetspec_compile.graphs import SpecConfig
     from jetspec_compile.head import DraftHead
     from jetspec_compile.target import Target
 
-    tcfg = dict(manifest["target"]["config"])
+    tcfg = dict(manifest.target.config)
     model_type = tcfg.pop("model_type")
     config = AutoConfig.for_model(model_type, **tcfg)
-    dtype = _DTYPES[manifest["dtype"]]
+    dtype = manifest.torch_dtype
     model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
     _load_sub(model, weights, "target.model.", folder)
-    target = Target(model.to(device).eval(), manifest["target"]["tap_layers"])
-    hcfg = {k: v for k, v in manifest["head"]["config"].items() if k not in ("model_type", "dtype")}
+    target = Target(model.to(device).eval(), list(manifest.target.tap_layers))
+    hcfg = {k: v for k, v in manifest.head.config.items() if k not in ("model_type", "dtype")}
     head = DraftHead(Qwen3Config(**hcfg))
     _load_sub(head, weights, "head.", folder)
     head = head.to(device=device, dtype=dtype).eval()
-    if manifest["head"]["depth"] != head.depth:
-        head.set_depth(manifest["head"]["depth"])
-    shapes = manifest["shapes"]
-    spec = SpecConfig(budget=shapes["budget"], topk=shapes["topk"], max_seq_len=shapes["max_seq_len"],
-                      prefill_chunk=shapes["prefill_chunk"], tree=manifest["tree"]["policy"],
-                      static_tree=manifest["tree"]["static"],
-                      lookup=int((manifest.get("lookup") or {}).get("length", 0)))
-    return target, head, spec
+    if manifest.head.depth != head.depth:
+        head.set_depth(manifest.head.depth)
+    return target, head, manifest.spec()
 
 
-def _eager_graphs(folder: Path, manifest: dict, weights: dict, device: torch.device) -> dict:
+def _eager_graphs(folder: Path, manifest: Manifest, weights: dict, device: torch.device) -> dict:
     from jetspec_compile.graphs import build_graphs
     from jetspec_compile.speculative import EagerGraphs
 
     target, head, spec = eager_models(folder, manifest, weights, device)
-    depths = [int(d) for d in ((manifest.get("budgets") or {}).get("depth") or {}).values()]
+    depths = list(manifest.budgets.depth.values()) if manifest.budgets else []
     head.set_depth(max([head.depth] + depths))  # a causal head's first depths do not depend on later ones
     by_budget: dict[int | None, list[str]] = {}
-    for name in manifest["graphs"]:
+    for name in manifest.graphs:
         base, b = split_graph_name(name)
         by_budget.setdefault(b, []).append(base)
     graphs = {}
     for b, names in by_budget.items():
-        built = build_graphs(target, head, spec if b is None else budget_spec(spec, b, _static(manifest, b)), names)
+        built = build_graphs(target, head, spec if b is None else budget_spec(spec, b, manifest.budget_static_tree(b)), names)
         graphs.update({n if b is None else budget_graph_name(n, b): g for n, g in built.items()})
     return EagerGraphs(graphs)
 
 
-def _static(manifest: dict, budget: int) -> dict | None:
-    info = manifest["graphs"].get(budget_graph_name("draft", budget)) or {}
-    return info.get("static_tree")
-
-
-def budget_arms(manifest: dict) -> list[Arm]:
+def budget_arms(manifest: Manifest) -> list[Arm]:
     """The artifact's compiled budgets (its own included; 1: the plain step) with drafted depth and round cost."""
-    budgets = manifest.get("budgets") or {}
-    depth, cost = budgets.get("depth") or {}, budgets.get("cost_ms") or {}
-    return [Arm(int(b), int(depth[str(b)]), float(cost.get(str(b), 1.0)) / 1e3)
-            for b in budgets.get("compiled") or []]
+    b = manifest.budgets
+    return [Arm(int(n), b.depth[n], b.cost_s(n)) for n in b.compiled] if b else []
 
 
 def load(path: str | Path, device: str | torch.device | None = None, *, mode: str = "compiled",
          verify_hashes: bool = True) -> Engine:
     """Validate an artifact folder (schema, hashes, backend, library versions) and load its graphs."""
-    from jetspec_compile.artifact import artifact_path, read_manifest
+    from jetspec_compile.artifact import artifact_path, load_manifest
     from jetspec_compile.backends import get_backend
     from jetspec_compile.safetensors_io import load_safetensors
     from jetspec_compile.validate import torch_device as _device
 
     folder = Path(path)
-    manifest = read_manifest(folder, verify_hashes=verify_hashes)
-    dev = _device(device if device is not None else manifest["device"])
+    manifest = load_manifest(folder, verify_hashes=verify_hashes)
+    dev = _device(device if device is not None else manifest.device)
     if mode not in ("compiled", "eager"):
         raise JetSpecError(f"mode {mode!r}; expected 'compiled' or 'eager'")
-    weights = load_safetensors(artifact_path(folder, manifest["weights"], "weights"), device=dev)
+    weights = load_safetensors(artifact_path(folder, manifest.weights, "weights"), device=dev)
     if mode == "eager":
         graphs = _eager_graphs(folder, manifest, weights, dev)
         return Engine(folder, manifest, graphs, dev, mode)
-    backend = get_backend(manifest["backend"])
-    if manifest["device"].split(":")[0] != dev.type and backend.device_bound:
-        raise ArtifactError(f"{folder / 'manifest.json'}: field device is {manifest['device']!r}; cannot load on "
+    backend = get_backend(manifest.backend)
+    if manifest.device_type != dev.type and backend.device_bound:
+        raise ArtifactError(f"{folder / 'manifest.json'}: field device is {manifest.device!r}; cannot load on "
                             f"{dev} (re-export with --device {dev.type})")
     backend.check_available(str(dev))
     _check_versions(manifest, backend, folder)
     graphs = {}
-    for name, info in manifest["graphs"].items():
-        graph_file = artifact_path(folder, info["file"], f"graphs.{name}.file")
+    for name, info in manifest.graphs.items():
+        graph_file = artifact_path(folder, info.file, f"graphs.{name}.file")
         try:
             graphs[name] = backend.load_graph(graph_file, str(dev), weights, graph=name)
         except Exception as e:  # a corrupt graph (hashed by its author) must not end in a native stack trace

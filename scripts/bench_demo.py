@@ -59,19 +59,19 @@ def ensure_artifact(args) -> Path:
     """The artifact to measure: --artifact as given, or the demo exported at --budget (reused when present)."""
     from jetspec_compile.cli import main as cli
     from jetspec_compile.errors import ArtifactError
-    from jetspec_compile.artifact import read_manifest
+    from jetspec_compile.artifact import load_manifest
 
     if args.artifact and not args.force_export:
         return Path(args.artifact)
     art = Path(args.artifact) if args.artifact else ROOT / "artifacts" / f"demo-{args.backend}-b{args.budget}"
     if art.exists() and not args.force_export:
         try:
-            m = read_manifest(art, verify_hashes=True)
-            stale = _stale(art / m["weights"])
-            if m["backend"] == args.backend and m["shapes"]["budget"] == args.budget and not stale:
+            m = load_manifest(art, verify_hashes=True)
+            stale = _stale(art / m.weights)
+            if m.backend == args.backend and m.shapes.budget == args.budget and not stale:
                 print(f"reusing {art}", flush=True)
                 return art
-            why = f"{stale} is newer than the artifact" if stale else f"backend {m['backend']} B={m['shapes']['budget']}"
+            why = f"{stale} is newer than the artifact" if stale else f"backend {m.backend} B={m.shapes.budget}"
             print(f"{art}: {why}; re-exporting", flush=True)
         except ArtifactError as e:
             print(f"{art}: {e}; re-exporting", flush=True)

@@ -66,7 +66,7 @@ def budget_row(b: int, m: Measurements, base_budget: int, folder: Path, sweep: d
     }
 
 
-def build_result(m: Measurements, *, folder: Path, manifest: dict, dev, base_budget: int, sweep: dict,
+def build_result(m: Measurements, *, folder: Path, manifest, dev, base_budget: int, sweep: dict,
                  sweep_root: Path, ids: list[list[int]], reps: int, max_new_tokens: int,
                  prompts_source: str | None, threads: int, hf: bool) -> dict:
     """The profile.json dict (without autotune, total_s and outputs)."""
@@ -76,13 +76,13 @@ def build_result(m: Measurements, *, folder: Path, manifest: dict, dev, base_bud
     ar["ms_per_token"] = stage_summary(m.ar_step_s)
     return {
         "artifact": str(folder),
-        "artifact_name": manifest.get("name", folder.name),
+        "artifact_name": manifest.name if manifest.name is not None else folder.name,
         "artifact_key": artifact_key(manifest),
-        "backend": manifest["backend"],
+        "backend": manifest.backend,
         "device": str(dev),
-        "dtype": manifest["dtype"],
-        "shapes": manifest["shapes"],
-        "tree": manifest["tree"]["policy"],
+        "dtype": manifest.dtype,
+        "shapes": manifest.shapes_json,
+        "tree": manifest.tree_policy,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(dev),
         "settings": {"budgets": m.budgets, "reps": reps, "max_new_tokens": max_new_tokens, "prompts": len(ids),

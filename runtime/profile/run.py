@@ -51,7 +51,7 @@ def profile_artifact(artifact: str | Path, prompts: Sequence[str | Sequence[int]
     t_start = time.perf_counter()
     log(f"loading {folder} ...")
     engine = load(folder, device)
-    manifest, dev, base_budget = engine.manifest, engine.device, engine.budget
+    manifest, dev, base_budget = engine.artifact, engine.device, engine.budget
     budgets = sorted(set(int(b) for b in (budgets or DEFAULT_BUDGETS)) | {base_budget})
     _check_budgets(engine, budgets)
     ids = encode_prompts(engine, prompts, max_new_tokens, max(budgets), log)
@@ -59,7 +59,7 @@ def profile_artifact(artifact: str | Path, prompts: Sequence[str | Sequence[int]
     # eager target + head rebuilt from the artifact: Hugging Face baseline and sweep captures
     target = head = base_spec = None
     if hf or any(b != base_budget for b in budgets):
-        weights = load_safetensors(folder / manifest["weights"], device=dev)
+        weights = load_safetensors(folder / manifest.weights, device=dev)
         target, head, base_spec = eager_models(folder, manifest, weights, dev)
         del weights
     sweep_root = Path(sweep_dir) if sweep_dir is not None else out / "sweep"
@@ -67,7 +67,7 @@ def profile_artifact(artifact: str | Path, prompts: Sequence[str | Sequence[int]
 
     hf_model = target.model if (hf and target is not None) else None
     bench = Bench(engine.decoder, decoders, list(engine.eos_token_ids), hf_model,
-                  manifest["target"]["config"].get("pad_token_id"), ids, max_new_tokens, log)
+                  manifest.target.pad_token_id, ids, max_new_tokens, log)
     log("warming up ...")
     bench.warm_up()
     measured = bench.measure(reps)

@@ -3,7 +3,6 @@ decoder per budget over the artifact's own prefill and ar_step graphs and caches
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -16,20 +15,19 @@ SWEEP_GRAPHS = ("draft", "verify")  # the budget-dependent graphs a greedy profi
 SWEEP_META = "sweep.json"
 
 
-def artifact_key(manifest: dict) -> str:
+def artifact_key(manifest) -> str:
     """A hash of what the compiled graphs depend on: every artifact file's sha256, backend, device, shapes."""
-    keep = {k: manifest.get(k) for k in ("files", "backend", "device", "dtype", "shapes", "tree")}
-    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
+    return manifest.content_key()
 
 
-def sweep_spec(manifest: dict, base, head, budget: int):
+def sweep_spec(manifest, base, head, budget: int):
     """The SpecConfig of the artifact at another budget (static trees: recalibrated or default topology)."""
     from jetspec_compile.tree import calibrate_static_tree, default_static_tree
 
     spec = replace(base, budget=budget, static_tree=None)
     note = None
     if base.tree == "static":
-        stats = (manifest.get("sources") or {}).get("tree_stats")
+        stats = manifest.sources.get("tree_stats")
         if stats and Path(stats).is_file():
             spec.static_tree = calibrate_static_tree(stats, budget, depth=head.depth, topk=base.topk).to_json()
             note = f"static tree recalibrated from {stats}"
@@ -112,15 +110,15 @@ def _load(be, modules: dict, files: dict, folder: Path, device: torch.device) ->
     return {name: be.load_graph(folder / files[name], str(device), weights, graph=name) for name in SWEEP_GRAPHS}
 
 
-def build_sweep(manifest: dict, target, head, base_spec, budget: int, folder: Path, device: torch.device,
+def build_sweep(manifest, target, head, base_spec, budget: int, folder: Path, device: torch.device,
                 log: Callable[[str], None] = print) -> SweepGraphs:
     """Compile (or reuse the cached) draft + verify graphs of ``budget`` into ``folder`` and load them."""
     from jetspec_compile.artifact import library_versions
     from jetspec_compile.backends import get_backend
     from jetspec_compile.graphs import build_graphs
 
-    be = get_backend(manifest["backend"])
-    head.set_depth(int(manifest["head"].get("block_depth", head.depth)))
+    be = get_backend(manifest.backend)
+    head.set_depth(int(manifest.head.block_depth))
     spec, note = sweep_spec(manifest, base_spec, head, budget)
     head.set_depth(spec.reachable_depth(head))  # as export does: draft only the depths this budget reaches
     native = be.native_linear(str(device))
@@ -155,7 +153,7 @@ def _share_caches(dec, base) -> None:
     dec.k_cache, dec.v_cache, dec.ctx_k, dec.ctx_v = base.k_cache, base.v_cache, base.ctx_k, base.ctx_v
 
 
-def budget_decoders(engine, budgets, manifest: dict, target, head, base_spec, sweep_root: Path,
+def budget_decoders(engine, budgets, manifest, target, head, base_spec, sweep_root: Path,
                     log: Callable[[str], None]) -> tuple[dict, dict]:
     """One decoder per budget: the engine's own at its budget, a sweep decoder (compiled draft + verify,
     the artifact's prefill and ar_step, shared caches) at every other. Returns (decoders, sweep graphs)."""

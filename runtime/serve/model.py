@@ -31,10 +31,10 @@ class ServedModel:
         self.engine = engines[0]
         self.name = name
         self.speculative = speculative
-        m = self.engine.manifest
-        self.vocab_size = int(m["target"]["config"]["vocab_size"])
-        self.max_seq_len = int(m["shapes"]["max_seq_len"])
-        self.sampling = "verify_sample" in m["graphs"] or not speculative
+        m = self.engine.artifact
+        self.vocab_size = int(m.target.vocab_size)
+        self.max_seq_len = int(m.shapes.max_seq_len)
+        self.sampling = "verify_sample" in m.graphs or not speculative
         self.chat_template = chat_template(self.engine.folder, m)
 
     # ---- prompts ------------------------------------------------------------------------------------
@@ -76,13 +76,12 @@ class ServedModel:
         return self.engine.decode(tokens)
 
 
-def chat_template(folder: Path, manifest: dict) -> str | None:
+def chat_template(folder: Path, manifest) -> str | None:
     """The chat template of the artifact's tokenizer_config.json (a file the manifest lists and ``load``
     verified), or None."""
     from jetspec_compile.artifact import artifact_path
 
-    tok = manifest.get("tokenizer") or {}
-    name = next((f for f in tok.get("files") or [] if Path(f).name == "tokenizer_config.json"), None)
+    name = next((f for f in manifest.tokenizer_files if Path(f).name == "tokenizer_config.json"), None)
     if name is None:
         return None
     path = artifact_path(folder, name, "tokenizer.files")

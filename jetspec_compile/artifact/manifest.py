@@ -1,0 +1,224 @@
+"""The typed artifact contract: ``Manifest``, what manifest.json says, as dataclasses.
+
+``Manifest.from_json(obj, path)`` checks every field with ``schema`` (the same one-line errors naming the
+file, the field and the expected value) and builds the typed view; ``to_json()`` gives back the JSON object
+exactly as it is on disk (every field, including those no reader needs: timings, sources, versions), so a
+manifest read and written again keeps its format and its ``manifest_sha256``. This module is the only place
+that reads a manifest field by its key; export, the runtime, ``inspect``, the profile and the scripts use the
+attributes.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .schema import check_fields, check_graph_shapes
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """B (budget), D (drafted depth), K (top-K), S (cache rows), P (prefill chunk)."""
+
+    budget: int
+    depth: int
+    topk: int
+    max_seq_len: int
+    prefill_chunk: int
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    """One compiled graph: its file, the budget it was compiled for (None: the artifact's own), its static
+    tree topology (budget graphs of a static tree), timings, size and the input types it was compiled for."""
+
+    name: str
+    file: str
+    bytes: int
+    capture_s: float
+    compile_s: float
+    inputs: tuple[str, ...]
+    jetspec_ops: int | None = None
+    budget: int | None = None
+    static_tree: dict | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The target's or the head's Hugging Face config (a dict, as ``config.json`` holds it) and its role."""
+
+    config: dict
+    model_type: str | None = None
+    num_layers: int | None = None
+    tap_layers: tuple[int, ...] = ()
+    depth: int | None = None  # head: the drafted depth (the deepest the tree reaches)
+    block_depth: int | None = None  # head: its full block
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config["hidden_size"])
+
+    @property
+    def vocab_size(self) -> int | None:
+        return self.config.get("vocab_size")
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return int(self.config["num_hidden_layers"])
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return self.config.get("pad_token_id")
+
+    @property
+    def causal_head(self) -> bool | None:
+        return (self.config.get("dflash_config") or {}).get("causal_head")
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Adaptive budgets: every compiled budget (1: the plain step), its drafted depth and round cost (ms)."""
+
+    compiled: tuple[int, ...]
+    depth: dict[int, int]
+    cost_ms: dict[str, float]  # keys: the budgets as strings, and "ar_step"
+
+    def cost(self, budget: int) -> float:
+        """The calibrated round cost of ``budget`` in ms."""
+        return float(self.cost_ms[str(budget)])
+
+    def cost_s(self, budget: int) -> float:
+        """The round cost in seconds (1 ms where none was recorded)."""
+        return float(self.cost_ms.get(str(budget), 1.0)) / 1e3
+
+    @property
+    def ar_step_ms(self) -> float | None:
+        """The calibrated cost of one ar_step, when recorded."""
+        return self.cost_ms.get("ar_step")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """An artifact's manifest.json, checked and typed. ``to_json()`` is the object on disk."""
+
+    backend: str
+    device: str
+    dtype: str
+    shapes: Shapes
+    tree_policy: str
+    static_tree: dict | None
+    sampling: bool
+    lookup: int
+    graphs: dict[str, GraphEntry]
+    weights: str
+    target: ModelInfo
+    head: ModelInfo
+    files: dict[str, str]
+    name: str | None = None
+    tokenizer_file: str | None = None
+    tokenizer_files: tuple[str, ...] = ()
+    eos_token_ids: tuple[int, ...] | None = None
+    sources: dict = field(default_factory=dict)
+    versions: dict[str, str | None] = field(default_factory=dict)
+    budgets: Budgets | None = None
+    autotune: dict | None = None
+    schema_version: int | None = None
+    _json: dict = field(default_factory=dict, repr=False, compare=False)
+
+    # ---- JSON -------------------------------------------------------------------------------------------
+    @classmethod
+    def from_json(cls, m: dict, path: str | Path = "manifest.json") -> "Manifest":
+        """Check ``m`` (one ArtifactError naming ``path``, the field and the expected value) and type it."""
+        path = Path(path)
+        check_fields(m, path)
+        check_graph_shapes(m, path)
+        s, t, h, tok = m["shapes"], m["target"], m["head"], m.get("tokenizer") or {}
+        budgets = m.get("budgets")
+        return cls(
+            backend=m["backend"], device=m["device"], dtype=m["dtype"],
+            shapes=Shapes(**{k: s[k] for k in ("budget", "depth", "topk", "max_seq_len", "prefill_chunk")}),
+            tree_policy=m["tree"]["policy"], static_tree=m["tree"].get("static"), sampling=m["sampling"],
+            lookup=int((m.get("lookup") or {}).get("length", 0) or 0),
+            graphs={n: _graph(n, g) for n, g in m["graphs"].items()}, weights=m["weights"],
+            target=ModelInfo(t["config"], t.get("model_type"), t.get("num_layers"), tuple(t["tap_layers"])),
+            head=ModelInfo(h["config"], depth=h["depth"], block_depth=h.get("block_depth", h["depth"])),
+            files=dict(m["files"]), name=m.get("name"), tokenizer_file=tok.get("file"),
+            tokenizer_files=tuple(tok.get("files") or ()), eos_token_ids=None if m.get("eos_token_ids") is None else tuple(m["eos_token_ids"]),
+            sources=dict(m.get("sources") or {}), versions=dict(m.get("versions") or {}),
+            budgets=None if budgets is None else Budgets(
+                tuple(budgets["compiled"]), {b: int(budgets["depth"][str(b)]) for b in budgets["compiled"]},
+                dict(budgets["cost_ms"])),
+            autotune=m.get("autotune"), schema_version=m.get("schema_version"), _json=copy.deepcopy(m))
+
+    def to_json(self) -> dict:
+        """The manifest object as on disk (a copy)."""
+        return copy.deepcopy(self._json)
+
+    # ---- what the runtime derives from it ---------------------------------------------------------------
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def device_type(self) -> str:
+        return self.device.split(":")[0]
+
+    @property
+    def shapes_json(self) -> dict:
+        """The ``shapes`` object as recorded (for reports)."""
+        return copy.deepcopy(self._json["shapes"])
+
+    def cache_dims(self):
+        """The K/V cache shapes of this artifact (``CacheDims.from_configs`` of the two configs)."""
+        from jetspec_compile.decode import CacheDims
+
+        return CacheDims.from_configs(self.target.config, self.head.config, self.shapes.depth, self.torch_dtype)
+
+    def spec(self):
+        """The SpecConfig the artifact was exported with."""
+        from jetspec_compile.graphs import SpecConfig
+
+        s = self.shapes
+        return SpecConfig(budget=s.budget, topk=s.topk, max_seq_len=s.max_seq_len, prefill_chunk=s.prefill_chunk,
+                          tree=self.tree_policy, static_tree=self.static_tree, lookup=self.lookup)
+
+    @property
+    def static_tree_nodes(self) -> int | None:
+        """Nodes of the recorded static tree (its paths plus the root), or None for a dynamic tree."""
+        return len(self.static_tree["paths"]) + 1 if self.static_tree else None
+
+    def budget_static_tree(self, budget: int) -> dict | None:
+        """The static topology recorded with the draft graph compiled for ``budget``, if any."""
+        from jetspec_compile.graphs import budget_graph_name
+
+        g = self.graphs.get(budget_graph_name("draft", budget))
+        return g.static_tree if g is not None else None
+
+    def content_key(self) -> str:
+        """A hash of what the compiled graphs depend on: every file's sha256, backend, device, dtype, shapes,
+        tree (the profile's sweep cache key)."""
+        keep = {k: self._json.get(k) for k in ("files", "backend", "device", "dtype", "shapes", "tree")}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
+
+
+def _graph(name: str, g: dict) -> GraphEntry:
+    return GraphEntry(name=name, file=g["file"], bytes=g["bytes"], capture_s=g["capture_s"], compile_s=g["compile_s"],
+                      inputs=tuple(g["inputs"]), jetspec_ops=g.get("jetspec_ops"),
+                      budget=g.get("budget") if isinstance(g.get("budget"), int) else None,
+                      static_tree=g.get("static_tree"))
+
+
+
+
+def load_manifest(folder: str | Path, *, verify_hashes: bool = True) -> Manifest:
+    """``read_manifest`` (paths, digest, hashes) of an artifact folder, typed."""
+    from .store import MANIFEST, read_manifest
+
+    return Manifest.from_json(read_manifest(folder, verify_hashes=verify_hashes), Path(folder) / MANIFEST)
