@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from .head import DraftHead, head_config
+from .head import DraftHead
+from .tiny import matching_head_config
 from .target import Target, default_tap_layers, load_target
 
 # Published Qwen3 configs (config.json of Qwen/Qwen3-0.6B, Qwen/Qwen3-1.7B, Qwen/Qwen3-8B).
@@ -92,23 +93,7 @@ def synthetic_taps(num_layers: int, num_taps: int = HEAD_TAPS) -> list[int]:
 
 
 def synthetic_head_config(target: Target, *, num_layers: int = HEAD_LAYERS, block_size: int = HEAD_BLOCK):
-    cfg = target.config
-    return head_config(
-        hidden_size=target.hidden_size,
-        intermediate_size=int(cfg.intermediate_size),
-        num_hidden_layers=num_layers,
-        num_attention_heads=int(cfg.num_attention_heads),
-        num_key_value_heads=target.num_kv_heads,
-        head_dim=target.head_dim,
-        vocab_size=target.vocab_size,
-        num_target_layers=target.num_layers,
-        target_layer_ids=target.tap_layers,
-        mask_token_id=target.vocab_size - 1,
-        block_size=block_size,
-        causal=True,
-        rms_norm_eps=float(cfg.rms_norm_eps),
-        rope_theta=float(cfg.rope_parameters["rope_theta"]) if getattr(cfg, "rope_parameters", None) else 1e6,
-    )
+    return matching_head_config(target, num_layers=num_layers, block_size=block_size)
 
 
 def synthetic_head(target: Target, *, num_layers: int = HEAD_LAYERS, block_size: int = HEAD_BLOCK,

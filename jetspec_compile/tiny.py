@@ -53,19 +53,11 @@ def tiny_target(*, num_taps: int = 3, seed: int = 0, **kwargs) -> Target:
     return load_target(model, tap_layers=default_tap_layers(n, num_taps))
 
 
-def tiny_head(
-    target: Target,
-    *,
-    num_layers: int = 1,
-    block_size: int = 8,
-    causal: bool = True,
-    mask_token_id: int | None = None,
-    seed: int = 0,
-    std: float = 0.2,
-) -> DraftHead:
-    """A random head matching ``target`` (its tap layers, hidden size, heads and vocabulary)."""
+def matching_head_config(target: Target, *, num_layers: int, block_size: int, causal: bool = True,
+                         mask_token_id: int | None = None):
+    """A head config matching ``target``: its tap layers, hidden size, heads, vocabulary, norm and rope."""
     cfg = target.config
-    config = head_config(
+    return head_config(
         hidden_size=target.hidden_size,
         intermediate_size=int(cfg.intermediate_size),
         num_hidden_layers=num_layers,
@@ -81,4 +73,19 @@ def tiny_head(
         rms_norm_eps=float(cfg.rms_norm_eps),
         rope_theta=float(cfg.rope_parameters["rope_theta"]) if getattr(cfg, "rope_parameters", None) else 1e6,
     )
+
+
+def tiny_head(
+    target: Target,
+    *,
+    num_layers: int = 1,
+    block_size: int = 8,
+    causal: bool = True,
+    mask_token_id: int | None = None,
+    seed: int = 0,
+    std: float = 0.2,
+) -> DraftHead:
+    """A random head matching ``target`` (its tap layers, hidden size, heads and vocabulary)."""
+    config = matching_head_config(target, num_layers=num_layers, block_size=block_size, causal=causal,
+                                  mask_token_id=mask_token_id)
     return DraftHead(config).init_weights(seed=seed, std=std).to(target.dtype).eval()
