@@ -216,11 +216,16 @@ GRAPH_CLASSES = {"prefill": Prefill, "draft": Draft, "verify": Verify, "verify_s
                  "ar_step": ArStep}
 
 
+def graph_class(name: str, lookup: bool = False) -> type[_Graph]:
+    """The module class of graph ``name`` (a base name: ``draft``, not ``draft.b4``); with a lookup chain the
+    draft takes the chain's tokens and length too."""
+    return DraftLookup if lookup and name == "draft" else GRAPH_CLASSES[name]
+
+
 def build_graphs(target: Target, head: DraftHead, spec: SpecConfig, names=GRAPH_NAMES) -> dict[str, _Graph]:
     head.check_compatible(target)
     spec.validate(head)
-    classes = dict(GRAPH_CLASSES, draft=DraftLookup) if spec.lookup else GRAPH_CLASSES
-    return {n: classes[n](target, head, spec).eval() for n in names}
+    return {n: graph_class(n, bool(spec.lookup))(target, head, spec).eval() for n in names}
 
 
 def example_inputs(name: str, target: Target, head: DraftHead, spec: SpecConfig, device=None) -> tuple:

@@ -83,3 +83,25 @@ def test_aoti_artifact_with_lookup_is_lossless(tiny_models, tmp_path, inductor_c
         spec = engine.generate(ids, 60)
         assert spec.tokens == engine.generate(ids, 60, speculative=False).tokens
         assert spec.stats.lookup_rounds > 0
+
+
+def test_onnx_artifact_with_lookup_is_lossless_and_takes_the_chain(tiny_models, tmp_path):
+    """``export --backend onnx --lookup L``: verify has B + L rows, the ONNX runner binds the lookup draft's
+    chain inputs, greedy speculative == ar_step, and on text that repeats the chain is accepted."""
+    from jetspec_compile.export.pipeline import export_model
+    from jetspec_compile.graphs import SpecConfig
+    from jetspec_compile.runtime import load
+
+    target, head, folder = tiny_models
+    out = tmp_path / "onnx-lookup"
+    m = export_model(target, head, SpecConfig(budget=8, topk=3, max_seq_len=128, prefill_chunk=16, lookup=6), out,
+                     backend="onnx", sampling=False, tokenizer_dir=folder, log=lambda s: None)
+    assert m["lookup"] == {"length": 6}
+    assert m["graphs"]["verify"]["inputs"][0] == "torch.int64[14]"  # B + L tree rows, as aoti's
+    assert m["graphs"]["draft"]["inputs"][4:] == ["torch.int64[6]", "torch.int64[1]"]  # chain, chain_len
+    engine = load(out)
+    for ids in (list(range(3, 13)) * 3, [5, 9, 5, 9, 5, 9, 7]):
+        spec = engine.generate(ids, 60)
+        assert spec.tokens == engine.generate(ids, 60, speculative=False).tokens
+        assert spec.stats.lookup_rounds > 0  # rounds whose accepted tokens all came from the chain
+        assert spec.stats.tau > 1.0

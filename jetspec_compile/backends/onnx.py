@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from jetspec_compile.errors import BackendUnavailableError, JetSpecError
+from jetspec_compile.errors import BackendUnavailableError
 
 DOMAIN = "jetspec"
 OP_TYPE = "TreeAttention"
@@ -80,9 +80,7 @@ class OnnxBackend:
                                           "CPU; use --device cpu (or the tensorrt / aoti backends on a GPU)")
 
     def check_spec(self, spec) -> None:
-        if spec.lookup:
-            raise JetSpecError("--lookup is not supported by the onnx backend yet (its runner binds the draft "
-                               "graph's inputs by the plain draft signature); export with --lookup 0 or use aoti")
+        pass  # every SpecConfig exports (a lookup chain too: the draft then takes the chain's inputs)
 
     def native_linear(self, device: str) -> bool:
         return False
@@ -111,22 +109,24 @@ class OnnxBackend:
     def load_graph(self, path: Path, device: str, weights: dict[str, torch.Tensor] | None = None, *,
                    graph: str | None = None) -> Callable:
         """ONNX Runtime binds inputs by name: the runner feeds its positional arguments under the graph
-        class's forward argument names (``graph`` given) or the session's own input order."""
+        class's forward argument names (``graph`` given) or the session's own input order. The exporter drops
+        inputs a graph does not read, so only the names the session has are fed. A draft compiled with a
+        lookup chain (its session has the ``chain`` inputs) takes ``DraftLookup``'s arguments."""
         import numpy as np
         import onnxruntime as ort
 
-        from jetspec_compile.graphs import GRAPH_CLASSES, split_graph_name
+        from jetspec_compile.graphs import graph_class, split_graph_name
 
         from .base import forward_arg_names
-
-        input_names = forward_arg_names(GRAPH_CLASSES[split_graph_name(graph)[0]]) if graph is not None else None
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, torch.get_num_threads())
         opts.inter_op_num_threads = 1
         sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         names = [i.name for i in sess.get_inputs()]
-        order = input_names or names
+        order = names
+        if graph is not None:
+            order = forward_arg_names(graph_class(split_graph_name(graph)[0], lookup="chain" in names))
 
         def run(*args):
             feed = {}
