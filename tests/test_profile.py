@@ -166,3 +166,61 @@ def test_bench_demo_script_on_tiny_artifact(artifact, inductor_cache, capsys):
     assert all(isinstance(g["met"], bool) and _finite_pos(g["value"]) for g in res["goals"].values())
     md = (out / "bench.md").read_text()
     assert "| speculative (B=8) |" in md and "| HF generate() |" in md and "| goal |" in md
+
+
+LOOKUP = 4
+REPEATING = ["abcabcabcabcabcabc", "x = 1\nx = 1\nx = 1\nx = 1\n"]
+
+
+@pytest.fixture(scope="module")
+def lookup_artifact(artifact):
+    """The same tiny models exported with a lookup chain (onnx, B=8, L=4), and prompts that repeat."""
+    from jetspec_compile.export.pipeline import export_model
+    from jetspec_compile.graphs import SpecConfig
+    from jetspec_compile.tiny import tiny_head, tiny_target
+
+    _, _, root = artifact
+    torch.manual_seed(0)
+    target = tiny_target(num_layers=2, num_taps=1)
+    head = tiny_head(target, block_size=4, mask_token_id=127)
+    art = root / "tiny-onnx-b8-lookup"
+    export_model(target, head, SpecConfig(budget=BUDGET, topk=3, max_seq_len=96, prefill_chunk=16, lookup=LOOKUP),
+                 art, backend="onnx", sampling=False, tokenizer_dir=root, log=lambda s: None)
+    prompts = root / "repeating.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in REPEATING))
+    return art, prompts, root
+
+
+def test_profile_reports_the_lookup_branch_on_and_off(lookup_artifact, inductor_cache, capsys):
+    art, prompts, root = lookup_artifact
+    out = root / "out-lookup"
+    assert _profile(art, prompts, out) == 0
+    log = capsys.readouterr().out
+    assert "budget 8 (lookup off):" in log and f"lookup branch L={LOOKUP} on / off" in log
+
+    res = json.loads((out / "profile.json").read_text())
+    on = {r["budget"]: r for r in res["budgets"]}
+    off = {r["budget"]: r for r in res["lookup"]["off"]}
+    assert res["lookup"]["length"] == LOOKUP and set(on) == set(off) == {4, BUDGET}
+    assert res["baselines"]["hf_prompt_lookup"]["num_tokens"] == 10
+    for b in (4, BUDGET):
+        assert on[b]["lookup"] == LOOKUP and off[b]["lookup"] == 0 and off[b]["lookup_rows"] == LOOKUP
+        for r in (on[b], off[b]):
+            assert r["lossless_prompts"] == len(REPEATING)  # both outputs == ar_step's, token for token
+            assert r["tau"] >= 1.0 and r["rounds"] > 0
+            for key in ("tokens_per_s", "speedup_vs_ar", "speedup_vs_hf_lookup"):
+                assert _finite_pos(r[key]), (b, key, r[key])
+        assert 0 <= on[b]["lookup_rounds"] <= on[b]["rounds"] and off[b]["lookup_rounds"] is None
+    with open(out / "profile.csv", newline="") as f:
+        table = [(int(r["budget"]), int(r["lookup"])) for r in csv.DictReader(f)]
+    assert sorted(table) == [(4, 0), (4, LOOKUP), (BUDGET, 0), (BUDGET, LOOKUP)]
+
+
+def test_profile_of_an_artifact_without_lookup_has_no_off_rows(artifact, tmp_path):
+    from jetspec_compile.runtime.profile import profile_artifact
+
+    art, prompts, root = artifact
+    res = profile_artifact(art, PROMPTS[:1], [BUDGET], max_new_tokens=4, reps=1, out=tmp_path, hf=False,
+                           plots=False, log=lambda s: None)
+    assert res["lookup"] == {"length": 0, "off": None, "note": None}
+    assert [r["lookup"] for r in res["budgets"]] == [0] and res["budgets"][0]["lookup_rounds"] is None

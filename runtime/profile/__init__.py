@@ -7,6 +7,11 @@ artifact's ar_step decoding and over Hugging Face ``generate()`` (greedy, same w
 runs every method on every prompt; ratios are taken within a repetition and the medians over repetitions
 are reported.
 
+An artifact exported with a lookup chain (``--lookup L``) is measured twice at every budget in the same
+run: with the chain (``budgets``) and with it switched off at run time (``lookup.off``: the same graphs and
+caches, the draft given chain_len 0, so the L chain rows are verified as padding), both beside Hugging Face
+prompt-lookup decoding.
+
 Budgets are static in the compiled graphs. The artifact's own budget runs the artifact's graphs. For any
 other budget the budget-dependent graphs (draft, verify) are rebuilt from the artifact's configs and
 weights, captured and compiled with the artifact's backend into ``<out>/sweep/b<B>/`` (or ``--sweep-dir``;

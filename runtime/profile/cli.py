@@ -17,7 +17,8 @@ def register(sub) -> None:
         "profile", help="latency profile over tree budgets: tau, tokens/s, per-stage times, speedups",
         description="Profile an artifact over tree budgets in one run: tau, tokens/s, per-stage latency "
                     "(median/p90), host-overhead share, speedup over the artifact's ar_step decoding and over "
-                    "Hugging Face generate(). Budgets other than the artifact's own are compiled (draft + verify "
+                    "Hugging Face generate() and prompt lookup; an artifact with a lookup chain runs every budget with the "
+                    "chain on and off. Budgets other than the artifact's own are compiled (draft + verify "
                     "graphs, cached) into OUT/sweep/b<B>/. Writes profile.json, profile.csv and PNG plots.")
     p.add_argument("artifact", type=utf8_text)
     p.add_argument("--prompts", required=True, type=utf8_text, help="JSONL file with a 'prompt' string per line")

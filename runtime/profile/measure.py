@@ -48,6 +48,7 @@ class Run:
     graph_s: float = 0.0  # time inside the draft and verify graph calls
     rounds: int = 0
     committed: int = 0
+    lookup_rounds: int = 0  # rounds whose accepted tokens all came from the lookup chain
 
     @property
     def tokens_per_s(self) -> float:
@@ -144,6 +145,7 @@ class Measurements:
     round_total_s: dict = field(default_factory=dict)  # budget -> per-round seconds
     budget_rounds: dict = field(default_factory=dict)  # budget -> {"4": rounds, ..., "plain": rounds}
     match_ar: dict = field(default_factory=dict)  # budget -> prompts whose output equals ar_step's
+    lookup_off: "Measurements | None" = None  # the same budgets with the lookup chain off (artifacts with L > 0)
 
     def __post_init__(self):
         for b in self.budgets:
@@ -153,14 +155,23 @@ class Measurements:
             self.budget_rounds.setdefault(b, {})
             self.match_ar.setdefault(b, 0)
 
+    def with_chain_off(self) -> "Measurements":
+        """Measurements for the lookup-off decoders: their own per-budget records, this one's baselines (the
+        same ar_step reference output and runs, so their speedups and lossless counts compare alike)."""
+        off = Measurements(self.budgets, ar_runs=self.ar_runs, hf_runs=self.hf_runs, pld_runs=self.pld_runs,
+                           ar_step_s=self.ar_step_s, ar_tokens=self.ar_tokens)
+        self.lookup_off = off
+        return off
+
 
 class Bench:
     """Runs every method on the prompts: the artifact's decoders (one per budget), and the HF model."""
 
     def __init__(self, base, decoders: dict, eos: list[int], hf_model, pad: int | None, ids: list[list[int]],
-                 max_new_tokens: int, log: Callable[[str], None]):
+                 max_new_tokens: int, log: Callable[[str], None], lookup_off: dict | None = None):
         self.base, self.decoders, self.eos, self.hf_model, self.pad = base, decoders, eos, hf_model, pad
         self.ids, self.n, self.log = ids, max_new_tokens, log
+        self.lookup_off = lookup_off or {}  # budget -> the decoder with the lookup chain off (L > 0 only)
 
     def decode(self, dec, prompt_ids: list[int], n: int, speculative: bool):
         """Greedy decoding of ``prompt_ids`` with decoder ``dec`` (what Engine.generate does for token ids)."""
@@ -175,7 +186,7 @@ class Bench:
         """First calls allocate, load kernels and fill caches: run each method once on a short prompt, untimed."""
         w, n = self.ids[0][-8:], min(8, self.n)
         self.decode(self.base, w, n, False)
-        for dec in self.decoders.values():
+        for dec in [*self.decoders.values(), *self.lookup_off.values()]:
             self.decode(dec, w, n, True)
         if self.hf_model is not None:
             hf_generate(self.hf_model, w, n, self.eos, self.pad)
@@ -183,13 +194,16 @@ class Bench:
 
     def measure(self, reps: int) -> Measurements:
         m = Measurements(sorted(self.decoders))
+        off = m.with_chain_off() if self.lookup_off else None
         for r in range(reps):
             tag = f"[rep {r + 1}/{reps}]"
             self._ar_step(m, r, tag)
             if self.hf_model is not None:
                 self._hf(m, r, tag)
             for b in m.budgets:
-                self._speculative(m, b, r, tag)
+                self._speculative(m, b, r, tag, self.decoders[b])
+                if off is not None:
+                    self._speculative(off, b, r, tag, self.lookup_off[b], " (lookup off)")
         return m
 
     def _ar_step(self, m: Measurements, r: int, tag: str) -> None:
@@ -224,10 +238,10 @@ class Bench:
         m.pld_runs.append(self._hf_run(m, r, HF_LOOKUP))
         self.log(f"{tag} HF prompt lookup ({HF_LOOKUP}): {m.pld_runs[-1].tokens_per_s:.1f} tok/s")
 
-    def _speculative(self, m: Measurements, b: int, r: int, tag: str) -> None:
+    def _speculative(self, m: Measurements, b: int, r: int, tag: str, dec, label: str = "") -> None:
         run = Run()
         for i, p in enumerate(self.ids):
-            toks, st = self.decode(self.decoders[b], p, self.n, True)
+            toks, st = self.decode(dec, p, self.n, True)
             if r == 0 and toks == m.ar_tokens[i]:
                 m.match_ar[b] += 1
             run.tokens += st.new_tokens
@@ -236,6 +250,7 @@ class Bench:
             run.graph_s += st.draft_s + st.verify_s
             run.rounds += st.rounds
             run.committed += sum(st.accepted)
+            run.lookup_rounds += st.lookup_rounds
             for k in STAGES:
                 m.stage_s[b][k] += st.stage_s[k]
             m.round_total_s[b] += st.round_s
@@ -243,5 +258,5 @@ class Bench:
                 m.budget_rounds[b][key] = m.budget_rounds[b].get(key, 0) + n
         m.spec_runs[b].append(run)
         tau = run.committed / run.rounds if run.rounds else 0.0
-        self.log(f"{tag} budget {b}: {run.tokens_per_s:.1f} tok/s, tau {tau:.2f}, "
+        self.log(f"{tag} budget {b}{label}: {run.tokens_per_s:.1f} tok/s, tau {tau:.2f}, "
                  f"{run.tokens_per_s / max(m.ar_runs[-1].tokens_per_s, 1e-12):.2f}x ar_step")

@@ -33,7 +33,10 @@ def budget_share(counts: dict) -> dict:
     return {k: counts[k] / total for k in sorted(counts, key=_budget_order)} if total else {}
 
 
-def budget_row(b: int, m: Measurements, base_budget: int, folder: Path, sweep: dict) -> dict:
+def budget_row(b: int, m: Measurements, base_budget: int, folder: Path, sweep: dict, lookup: int = 0,
+               chain: bool = True) -> dict:
+    """One budget's row. ``lookup``: the artifact's chain length L; ``chain``: whether the chain was proposed
+    (False: the lookup-off run of the same graphs, whose L chain rows are padding)."""
     runs, ar_runs, hf_runs, pld_runs = m.spec_runs[b], m.ar_runs, m.hf_runs, m.pld_runs
     rounds = sum(x.rounds for x in runs)
     committed = sum(x.committed for x in runs)
@@ -41,6 +44,9 @@ def budget_row(b: int, m: Measurements, base_budget: int, folder: Path, sweep: d
     sw = sweep.get(b)
     return {
         "budget": b,
+        "lookup": lookup if chain else 0,
+        "lookup_rows": lookup,  # chain rows verified each round (padding when the chain is off)
+        "lookup_rounds": sum(x.lookup_rounds for x in runs) if chain and lookup else None,
         "source": "artifact" if b == base_budget else "sweep",
         "graphs": str(folder if b == base_budget else sw.folder),
         **method_summary(runs),
@@ -69,8 +75,12 @@ def budget_row(b: int, m: Measurements, base_budget: int, folder: Path, sweep: d
 def build_result(m: Measurements, *, folder: Path, manifest, dev, base_budget: int, sweep: dict,
                  sweep_root: Path, ids: list[list[int]], reps: int, max_new_tokens: int,
                  prompts_source: str | None, threads: int, hf: bool) -> dict:
-    """The profile.json dict (without autotune, total_s and outputs)."""
-    rows = [budget_row(b, m, base_budget, folder, sweep) for b in m.budgets]
+    """The profile.json dict (without autotune, total_s and outputs). With a lookup-off run (artifacts with a
+    lookup chain), ``lookup_off`` holds its rows, one per budget, beside ``budgets`` (the chain on)."""
+    L = manifest.lookup
+    rows = [budget_row(b, m, base_budget, folder, sweep, L) for b in m.budgets]
+    off = m.lookup_off
+    off_rows = [budget_row(b, off, base_budget, folder, sweep, L, chain=False) for b in off.budgets] if off else []
     best = max(rows, key=lambda x: x["tokens_per_s"])
     ar = method_summary(m.ar_runs)
     ar["ms_per_token"] = stage_summary(m.ar_step_s)
@@ -100,6 +110,10 @@ def build_result(m: Measurements, *, folder: Path, manifest, dev, base_budget: i
                       "hf_prompt_lookup": ({**method_summary(m.pld_runs), "num_tokens": HF_LOOKUP}
                                            if m.pld_runs else None)},
         "budgets": rows,
+        "lookup": {"length": L, "off": off_rows or None,
+                   "note": ("lookup_off: the same graphs and budgets with no chain proposed (chain_len 0): the L "
+                            "chain rows are verified as padding, and the host still runs the n-gram index")
+                   if off_rows else None},
         "best": {"budget": best["budget"], "tokens_per_s": best["tokens_per_s"],
                  "speedup_vs_ar": best["speedup_vs_ar"]},
         "sweep": {"folder": str(sweep_root) if sweep else None,
@@ -138,7 +152,7 @@ def json_safe(x):
     return x
 
 
-CSV_COLUMNS = ["budget", "source", "tau", "tokens_per_s", "decode_tokens_per_s", "speedup_vs_ar",
+CSV_COLUMNS = ["budget", "lookup", "source", "tau", "tokens_per_s", "decode_tokens_per_s", "speedup_vs_ar",
                "decode_speedup_vs_ar", "speedup_vs_hf", "decode_speedup_vs_hf", "host_share", "round_ms",
                *[f"{k}_ms_{s}" for k in STAGES for s in ("median", "p90")], "rounds", "new_tokens",
                "lossless_prompts", "compile_s", "budget_share"]
@@ -163,11 +177,15 @@ def write_outputs(result: dict, out: Path, plots: bool = True) -> dict:
     with open(out / "profile.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         w.writeheader()
-        for row in result["budgets"]:
+        for row in result["budgets"] + (result.get("lookup", {}).get("off") or []):
             w.writerow(_csv_row(row))
     if plots:
         paths.update(write_plots(result, out))
     return paths
+
+
+def _lookup_off(result: dict) -> list[dict]:
+    return (result.get("lookup") or {}).get("off") or []
 
 
 def _budget_axis(ax, B: list[int]) -> None:
@@ -182,6 +200,9 @@ def _plot_speedup(ax, result: dict, name: str) -> None:
     rows = result["budgets"]
     B = [r["budget"] for r in rows]
     ax.plot(B, [r["speedup_vs_ar"] for r in rows], "o-", label="vs ar_step (same artifact)")
+    off = _lookup_off(result)
+    if off:
+        ax.plot(B, [r["speedup_vs_ar"] for r in off], "x--", label="lookup off, vs ar_step")
     if result["baselines"].get("hf_generate"):
         ax.plot(B, [r["speedup_vs_hf"] for r in rows], "s-", label="vs HF generate()")
     ax.axhline(1.0, color="gray", lw=0.8, ls="--")
@@ -194,7 +215,11 @@ def _plot_speedup(ax, result: dict, name: str) -> None:
 def _plot_tau(ax, result: dict, name: str) -> None:
     rows = result["budgets"]
     B = [r["budget"] for r in rows]
-    ax.plot(B, [r["tau"] for r in rows], "o-")
+    off = _lookup_off(result)
+    ax.plot(B, [r["tau"] for r in rows], "o-", label=f"lookup L={result['lookup']['length']}" if off else None)
+    if off:
+        ax.plot(B, [r["tau"] for r in off], "x--", label="lookup off")
+        ax.legend()
     _budget_axis(ax, B)
     ax.set_ylabel("tau (tokens committed per round)")
     ax.set_title(f"tau vs budget\n{name}", fontsize=9)
@@ -267,6 +292,7 @@ def format_table(result: dict) -> str:
         lines.append(f"{r['budget']:>5} {r['tau']:>5.2f} {r['tokens_per_s']:>8.1f} {r['speedup_vs_ar']:>6.2f} "
                      f"{xhf:>6} {cell('draft'):>13} {cell('verify'):>13} {cell('host'):>13} {cell('commit'):>13} "
                      f"{100 * r['host_share']:>5.1f}% {comp:>8}  {_shares(r)}")
+    lines += _lookup_lines(result)
     b = result["best"]
     best = next(r for r in result["budgets"] if r["budget"] == b["budget"])
     vs_pld = f", {best['speedup_vs_hf_lookup']:.2f}x HF prompt lookup" if best.get("speedup_vs_hf_lookup") else ""
@@ -277,3 +303,21 @@ def format_table(result: dict) -> str:
         lines.append(f"sweep: {n} budget(s) compiled this run in {sw['build_s_this_run']:.1f}s "
                      f"({len(SWEEP_GRAPHS)} graphs each), graphs under {sw['folder']}")
     return "\n".join(lines)
+
+
+def _lookup_lines(result: dict) -> list[str]:
+    """The lookup branch on and off at each budget (artifacts with a lookup chain), beside HF prompt lookup."""
+    off = {r["budget"]: r for r in _lookup_off(result)}
+    if not off:
+        return []
+    fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+    lines = [f"lookup branch L={result['lookup']['length']} on / off (off: chain rows verified as padding):",
+             f"{'B':>5} {'tau on/off':>12} {'tok/s on/off':>15} {'xAR on/off':>12} {'xHF-lookup on/off':>18} "
+             f"{'lookup rounds':>14}"]
+    for r in result["budgets"]:
+        o = off[r["budget"]]
+        lines.append(f"{r['budget']:>5} {r['tau']:>5.2f}/{o['tau']:<6.2f} {r['tokens_per_s']:>7.1f}/{o['tokens_per_s']:<7.1f} "
+                     f"{r['speedup_vs_ar']:>5.2f}/{o['speedup_vs_ar']:<6.2f} "
+                     f"{fmt(r['speedup_vs_hf_lookup']):>8}/{fmt(o['speedup_vs_hf_lookup']):<9} "
+                     f"{r['lookup_rounds'] or 0:>6}/{r['rounds']}")
+    return lines

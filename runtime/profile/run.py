@@ -14,7 +14,7 @@ from jetspec_compile.errors import JetSpecError
 from .cli import DEFAULT_BUDGETS
 from .measure import Bench, encode_prompts
 from .report import autotune_record, build_result, json_safe, write_outputs
-from .sweep import budget_decoders
+from .sweep import budget_decoders, lookup_off_decoders
 
 
 def _check_budgets(engine, budgets: list[int]) -> None:
@@ -64,10 +64,11 @@ def profile_artifact(artifact: str | Path, prompts: Sequence[str | Sequence[int]
         del weights
     sweep_root = Path(sweep_dir) if sweep_dir is not None else out / "sweep"
     decoders, sweep = budget_decoders(engine, budgets, manifest, target, head, base_spec, sweep_root, log)
+    chain_off = lookup_off_decoders(decoders)  # L > 0: every budget again with the chain off at run time
 
     hf_model = target.model if (hf and target is not None) else None
     bench = Bench(engine.decoder, decoders, list(engine.eos_token_ids), hf_model,
-                  manifest.target.pad_token_id, ids, max_new_tokens, log)
+                  manifest.target.pad_token_id, ids, max_new_tokens, log, lookup_off=chain_off)
     log("warming up ...")
     bench.warm_up()
     measured = bench.measure(reps)

@@ -176,3 +176,33 @@ def budget_decoders(engine, budgets, manifest, target, head, base_spec, sweep_ro
         for dec in {id(d): d for d in decoders.values()}.values():
             dec.graphs = {n: _synced(f) for n, f in dec.graphs.items()}
     return decoders, sweep
+
+
+def _without_chain(draft: Callable, device: torch.device) -> Callable:
+    """A lookup draft that is never given a chain: chain_len 0, so the L chain rows are padding (masked out,
+    never accepted): the cost of the branch's verify rows without their benefit."""
+    none = torch.zeros(1, dtype=torch.int64, device=device)
+
+    def run(anchor, cache_len, ctx_k, ctx_v, chain, chain_len):
+        return draft(anchor, cache_len, ctx_k, ctx_v, chain, none)
+
+    return run
+
+
+def lookup_off_decoders(decoders: dict) -> dict:
+    """For an artifact with a lookup chain (L > 0): one decoder per budget over the same graphs and caches
+    with the chain switched off at run time (every draft graph gets chain_len 0). {} when L = 0."""
+    from jetspec_compile.decode import Decoder
+    from jetspec_compile.graphs import split_graph_name
+
+    out = {}
+    for b, dec in decoders.items():
+        if not dec.L:
+            continue
+        graphs = {n: _without_chain(f, dec.device) if split_graph_name(n)[0] == "draft" else f
+                  for n, f in dec.graphs.items()}
+        off = Decoder(graphs, budget=dec.B, topk=dec.K, max_seq_len=dec.S, prefill_chunk=dec.P, dims=dec.dims,
+                      device=dec.device, sync=dec.sync, lookup=dec.L, arms=list(dec.arms.values()))
+        _share_caches(off, dec)
+        out[b] = off
+    return out
