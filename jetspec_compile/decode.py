@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
@@ -174,14 +174,6 @@ def _median_s(fn: Callable[[], None], reps: int, sync: Callable[[], None], warmu
     return sorted(times)[len(times) // 2]
 
 
-def _pause_gc() -> bool:
-    """No garbage-collector passes inside the decode loop (a round allocates only short-lived tensors, freed
-    by reference counting); returns whether collection was on, to re-enable it when the loop ends."""
-    on = gc.isenabled()
-    gc.disable()
-    return on
-
-
 class Decoder:
     """Caches (allocated once for S rows) plus the speculative and autoregressive loops over ``graphs``."""
 
@@ -324,82 +316,35 @@ class Decoder:
 
         ``budget``: a fixed compiled budget; None runs the adaptive policy when the model has several
         budgets and a plain step, else the model's own budget."""
-        st = stats if stats is not None else Stats()
-        st.mode, st.prompt_tokens = "speculative", len(prompt)
-        self.check_prompt(prompt)
-        sampling = temperature > 0
-        if sampling and "verify_sample" not in self.graphs:
+        if temperature > 0 and "verify_sample" not in self.graphs:
             raise JetSpecError("temperature > 0 needs the verify_sample graph, which this model was built without")
         policy = self.policy(budget)
-        fixed = self._arm_graphs(budget if budget is not None else self.B)
-        st.mode = "adaptive" if policy else "speculative"
-        t0 = time.perf_counter()
-        L = self.prefill(prompt)
-        self.sync()
-        st.prefill_s = time.perf_counter() - t0
+        run = _Run.start(self, "adaptive" if policy else "speculative", prompt, max_new_tokens, eos_token_ids, stats)
+        clock = _Clock(run.st)
+        arms = {b: clock.timed_arm(self._arm_graphs(b))
+                for b in (self.budgets if policy else [budget if budget is not None else self.B])}
+        fixed = next(iter(arms.values()))
+        verify = _Verifier(self, temperature, top_k, top_p, seed)
+        L = run.prefill(self, prompt, with_context=True)
         anchor = torch.tensor([int(prompt[-1])], dtype=torch.int64, device=self.device)
-        eos = set(int(e) for e in eos_token_ids)
-        if sampling:
-            gen = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % (2**63))
-            samp = (torch.tensor([float(temperature)], device=self.device),
-                    torch.tensor([int(top_k or 0)], device=self.device),
-                    torch.tensor([float(top_p if top_p is not None else 1.0)], device=self.device))
-        emitted = 0
         lookup = _Lookup(prompt, self.L, self.device) if self.L else None
-        arms = {b: self._arm_graphs(b) for b in self.budgets} if policy else {}
-        gc_on = _pause_gc()
-        try:
-            while True:
-                if emitted >= max_new_tokens:
-                    st.finish_reason = "length"
-                    return
-                if L + self.D_max + 1 > self.S:
-                    st.finish_reason = "cache_full"
-                    return
-                r0 = time.perf_counter()
+        with run:
+            while not run.stopped(L + self.D_max + 1, self.S):
+                clock.start()
                 g = arms[policy.choose()] if policy else fixed
                 cl = self._cache_len(L)
-                (tokens, parents, depth, mask), cand = self._draft(g, anchor, cl, lookup)
-                r1 = time.perf_counter()
-                if sampling:
-                    u = torch.rand(g.budget + g.lookup, generator=gen).to(self.device)
-                    out = g.verify_sample(tokens, parents, depth, mask, cl, self.k_cache, self.v_cache, *samp, u)
-                else:
-                    out = g.verify(tokens, parents, depth, mask, cl, self.k_cache, self.v_cache)
-                out_tokens, length, k_rows, v_rows, ck, cv = out
-                r2 = time.perf_counter()
+                tree, cand = self._draft(g, anchor, cl, lookup)
+                out_tokens, length, k_rows, v_rows, ck, cv = verify(g, tree, cl)
                 a = int(length.reshape(-1)[0])  # the host sync of the round
                 committed = out_tokens[: a + 1].tolist()
                 if policy and g.draft is not None:
                     policy.observe(g.budget, committed, cand.tolist(), lookup.last if lookup else ())
-                r3 = time.perf_counter()
-                self._write(L, a + 1, k_rows, v_rows, ck, cv)
+                clock.commit(self._write, L, a + 1, k_rows, v_rows, ck, cv)
                 L += a + 1
                 anchor = out_tokens[a: a + 1].clone()
-                r4 = time.perf_counter()
-                st.rounds += 1
-                st.accepted.append(a + 1)
-                key = "plain" if g.draft is None else str(g.budget)
-                st.budget_rounds[key] = st.budget_rounds.get(key, 0) + 1
-                if lookup:
-                    if g.lookup:
-                        st.lookup_rounds += lookup.covered(committed)
-                    lookup.extend(committed)
-                keep = committed[: max_new_tokens - emitted]
-                hit = next((i for i, t in enumerate(keep) if t in eos), None)
-                if hit is not None:
-                    keep = keep[: hit + 1]
-                emitted += len(keep)
-                st.new_tokens = emitted
-                st.add_round(r1 - r0, r2 - r1, r3 - r2, r4 - r3)
-                yield keep
-                if hit is not None:
-                    st.finish_reason = "eos"
-                    return
-        finally:
-            st.total_s = time.perf_counter() - t0
-            if gc_on:
-                gc.enable()
+                run.record_round(g, committed, lookup)
+                clock.stop()
+                yield run.emit(committed)
 
     def autoregressive(self, prompt: Sequence[int], max_new_tokens: int, *, temperature: float = 0.0,
                        top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
@@ -407,50 +352,156 @@ class Decoder:
         """Plain decoding with the ar_step graph (the baseline), same caches and stopping rules."""
         from .accept import sample_tokens
 
-        st = stats if stats is not None else Stats()
-        st.mode, st.prompt_tokens = "autoregressive", len(prompt)
-        self.check_prompt(prompt)
-        t0 = time.perf_counter()
-        L = self.prefill(prompt, with_context=False)
-        self.sync()
-        st.prefill_s = time.perf_counter() - t0
-        token = torch.tensor([int(prompt[-1])], dtype=torch.int64, device=self.device)
-        eos = set(int(e) for e in eos_token_ids)
+        run = _Run.start(self, "autoregressive", prompt, max_new_tokens, eos_token_ids, stats)
+        clock = _Clock(run.st)
+        step = clock.timed("verify", self.graphs["ar_step"])  # the step's graph time counts as "verify"
         gen = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % (2**63))
-        emitted = 0
-        gc_on = _pause_gc()
-        try:
-            while True:
-                if emitted >= max_new_tokens:
-                    st.finish_reason = "length"
-                    return
-                if L + 1 > self.S:
-                    st.finish_reason = "cache_full"
-                    return
-                r0 = time.perf_counter()
-                nxt, logits, k, v = self.graphs["ar_step"](token, self._cache_len(L), self.k_cache, self.v_cache)
-                r1 = time.perf_counter()
+        samp = _sampling_args(temperature, top_k, top_p, torch.device("cpu"))
+        L = run.prefill(self, prompt, with_context=False)
+        token = torch.tensor([int(prompt[-1])], dtype=torch.int64, device=self.device)
+        with run:
+            while not run.stopped(L + 1, self.S):
+                clock.start()
+                nxt, logits, k, v = step(token, self._cache_len(L), self.k_cache, self.v_cache)
                 if temperature > 0:
-                    u = torch.rand(1, generator=gen)
-                    nxt = sample_tokens(logits.reshape(1, -1).cpu(), torch.tensor([float(temperature)]),
-                                        torch.tensor([int(top_k or 0)]),
-                                        torch.tensor([float(top_p if top_p is not None else 1.0)]), u)
+                    nxt = sample_tokens(logits.reshape(1, -1).cpu(), *samp, torch.rand(1, generator=gen))
                 t = int(nxt.reshape(-1)[0])
-                r2 = time.perf_counter()
-                self._write(L, 1, k, v)
+                clock.commit(self._write, L, 1, k, v)
                 L += 1
                 token = torch.tensor([t], dtype=torch.int64, device=self.device)
-                r3 = time.perf_counter()
-                st.rounds += 1
-                st.accepted.append(1)
-                emitted += 1
-                st.new_tokens = emitted
-                st.add_round(0.0, r1 - r0, r2 - r1, r3 - r2)
-                yield [t]
-                if t in eos:
-                    st.finish_reason = "eos"
-                    return
-        finally:
-            st.total_s = time.perf_counter() - t0
-            if gc_on:
-                gc.enable()
+                run.record_round(None, [t], None)
+                clock.stop()
+                yield run.emit([t])
+
+
+def _sampling_args(temperature: float, top_k: int | None, top_p: float | None, device) -> tuple[Tensor, ...]:
+    return (torch.tensor([float(temperature)], device=device), torch.tensor([int(top_k or 0)], device=device),
+            torch.tensor([float(top_p if top_p is not None else 1.0)], device=device))
+
+
+class _Verifier:
+    """verify (greedy) or verify_sample (T > 0, with this call's seeded uniforms) of a round's tree."""
+
+    def __init__(self, dec: Decoder, temperature: float, top_k: int | None, top_p: float | None, seed: int | None):
+        self.dec = dec
+        self.sampling = temperature > 0
+        if self.sampling:
+            self.gen = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % (2**63))
+            self.samp = _sampling_args(temperature, top_k, top_p, dec.device)
+
+    def __call__(self, g: _ArmGraphs, tree: tuple[Tensor, ...], cl: Tensor):
+        d = self.dec
+        if not self.sampling:
+            return g.verify(*tree, cl, d.k_cache, d.v_cache)
+        u = torch.rand(g.budget + g.lookup, generator=self.gen).to(d.device)
+        return g.verify_sample(*tree, cl, d.k_cache, d.v_cache, *self.samp, u)
+
+
+class _Clock:
+    """Stage timing as wrappers: the graph callables and the commit add their wall time to a stage; the
+    rest of a round (policy, lookup, the host sync, bookkeeping) is host time."""
+
+    def __init__(self, st: Stats):
+        self.st = st
+        self.acc = {"draft": 0.0, "verify": 0.0, "commit": 0.0}
+        self.t0 = 0.0
+
+    def timed(self, stage: str, fn: Callable | None) -> Callable | None:
+        if fn is None:
+            return None
+        acc = self.acc
+
+        def run(*args):
+            t0 = time.perf_counter()
+            out = fn(*args)
+            acc[stage] += time.perf_counter() - t0
+            return out
+        return run
+
+    def timed_arm(self, g: _ArmGraphs) -> _ArmGraphs:
+        return replace(g, draft=self.timed("draft", g.draft), verify=self.timed("verify", g.verify),
+                       verify_sample=self.timed("verify", g.verify_sample))
+
+    def commit(self, write: Callable, *args) -> None:
+        self.timed("commit", write)(*args)
+
+    def start(self) -> None:
+        for k in self.acc:
+            self.acc[k] = 0.0
+        self.t0 = time.perf_counter()
+
+    def stop(self) -> None:
+        total = time.perf_counter() - self.t0
+        a = self.acc
+        self.st.add_round(a["draft"], a["verify"], total - a["draft"] - a["verify"] - a["commit"], a["commit"])
+
+
+class _Run:
+    """What both loops share: the prompt check and the timed prefill, the stopping rules, emitting up to
+    max_new_tokens and EOS, the statistics, and no garbage-collector passes while decoding."""
+
+    def __init__(self, st: Stats, max_new_tokens: int, eos_token_ids: Sequence[int]):
+        self.st, self.max_new = st, max_new_tokens
+        self.eos = set(int(e) for e in eos_token_ids)
+        self.emitted = 0
+        self.done = False
+        self.t0 = time.perf_counter()
+        self.gc_on = False
+
+    @classmethod
+    def start(cls, dec: Decoder, mode: str, prompt: Sequence[int], max_new_tokens: int,
+              eos_token_ids: Sequence[int], stats: Stats | None) -> "_Run":
+        st = stats if stats is not None else Stats()
+        st.mode, st.prompt_tokens = mode, len(prompt)
+        dec.check_prompt(prompt)
+        return cls(st, max_new_tokens, eos_token_ids)
+
+    def prefill(self, dec: Decoder, prompt: Sequence[int], with_context: bool) -> int:
+        self.t0 = time.perf_counter()
+        L = dec.prefill(prompt, with_context=with_context)
+        dec.sync()
+        self.st.prefill_s = time.perf_counter() - self.t0
+        return L
+
+    def __enter__(self) -> "_Run":
+        self.gc_on = gc.isenabled()
+        gc.disable()  # a round allocates only short-lived tensors, freed by reference counting
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.st.total_s = time.perf_counter() - self.t0
+        if self.gc_on:
+            gc.enable()
+
+    def stopped(self, rows_needed: int, max_rows: int) -> bool:
+        """Whether to stop before the next round: EOS was emitted, max_new_tokens reached, or the next round
+        could need more cache rows than there are (``rows_needed`` > ``max_rows``)."""
+        if self.done:
+            return True
+        reason = "length" if self.emitted >= self.max_new else "cache_full" if rows_needed > max_rows else ""
+        self.st.finish_reason = reason or self.st.finish_reason
+        return bool(reason)
+
+    def record_round(self, g: _ArmGraphs | None, committed: list[int], lookup: "_Lookup | None") -> None:
+        st = self.st
+        st.rounds += 1
+        st.accepted.append(len(committed))
+        if g is not None:
+            key = "plain" if g.draft is None else str(g.budget)
+            st.budget_rounds[key] = st.budget_rounds.get(key, 0) + 1
+        if lookup:
+            if g is not None and g.lookup:
+                st.lookup_rounds += lookup.covered(committed)
+            lookup.extend(committed)
+
+    def emit(self, committed: list[int]) -> list[int]:
+        """The committed tokens to yield: cut at max_new_tokens and after the first EOS (which ends the run)."""
+        keep = committed[: self.max_new - self.emitted]
+        hit = next((i for i, t in enumerate(keep) if t in self.eos), None)
+        if hit is not None:
+            keep = keep[: hit + 1]
+            self.done = True
+            self.st.finish_reason = "eos"
+        self.emitted += len(keep)
+        self.st.new_tokens = self.emitted
+        return keep
