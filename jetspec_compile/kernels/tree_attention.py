@@ -243,6 +243,35 @@ def choose_config(
                 combine_num_warps=4 if block_d >= 128 else 2)
 
 
+def _check_inputs(q, k, v, k_cache, v_cache, mask) -> None:
+    """ValueError unless the shapes and dtypes agree (see ``triton_tree_attention``)."""
+    hq, t, _ = q.shape
+    hkv, tk, _ = k.shape
+    if hq % hkv != 0:
+        raise ValueError(f"query heads {hq} not a multiple of KV heads {hkv}")
+    if k.shape != v.shape or k_cache.shape != v_cache.shape or k_cache.shape[0] != hkv:
+        raise ValueError("k/v and k_cache/v_cache shapes disagree")
+    if tuple(mask.shape) != (t, tk):
+        raise ValueError(f"mask shape {tuple(mask.shape)} != {(t, tk)}")
+    if any(x.dtype != q.dtype for x in (k, v, k_cache, v_cache)):
+        raise ValueError("q, k, v, k_cache and v_cache must share one dtype")
+    if q.dtype not in _TL_NAMES:
+        raise ValueError(f"unsupported dtype {q.dtype} (fp32, fp16, bf16)")
+
+
+def _launch_config(q: torch.Tensor, *, rows: int, hkv: int, head_dim: int, cache_capacity: int,
+                   overrides: dict) -> dict:
+    """``choose_config`` for q's device (its SM count), with the caller's non-None overrides applied."""
+    if q.is_cuda:
+        idx = q.device.index
+        sm_count = _sm_count(idx if idx is not None else torch.cuda.current_device())
+    else:  # only under TRITON_INTERPRET=1 (tests)
+        sm_count = 1
+    cfg = choose_config(rows=rows, hkv=hkv, head_dim=head_dim, cache_capacity=cache_capacity, sm_count=sm_count)
+    cfg.update({name: int(val) for name, val in overrides.items() if val is not None})
+    return cfg
+
+
 def triton_tree_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -265,19 +294,10 @@ def triton_tree_attention(
     tensor with one element on q's device, mask bool [T, Tk]. The keyword arguments override the
     heuristic of `choose_config` (tests, tuning).
     """
+    _check_inputs(q, k, v, k_cache, v_cache, mask)
     hq, t, hd = q.shape
     hkv, tk, _ = k.shape
     s = k_cache.shape[1]
-    if hq % hkv != 0:
-        raise ValueError(f"query heads {hq} not a multiple of KV heads {hkv}")
-    if k.shape != v.shape or k_cache.shape != v_cache.shape or k_cache.shape[0] != hkv:
-        raise ValueError("k/v and k_cache/v_cache shapes disagree")
-    if tuple(mask.shape) != (t, tk):
-        raise ValueError(f"mask shape {tuple(mask.shape)} != {(t, tk)}")
-    if any(x.dtype != q.dtype for x in (k, v, k_cache, v_cache)):
-        raise ValueError("q, k, v, k_cache and v_cache must share one dtype")
-    if q.dtype not in _TL_NAMES:
-        raise ValueError(f"unsupported dtype {q.dtype} (fp32, fp16, bf16)")
     group = hq // hkv
     out = torch.empty((t, hq, hd), dtype=q.dtype, device=q.device)
     if t == 0 or hq == 0:
@@ -288,18 +308,20 @@ def triton_tree_attention(
     cache_len = cache_len.reshape(-1)
     if mask.dtype == torch.bool:
         mask = mask.view(torch.uint8)  # zero-copy; the kernel tests bytes != 0
-    if q.is_cuda:
-        idx = q.device.index
-        sm_count = _sm_count(idx if idx is not None else torch.cuda.current_device())
-    else:  # only under TRITON_INTERPRET=1 (tests)
-        sm_count = 1
-    cfg = choose_config(rows=group * t, hkv=hkv, head_dim=hd, cache_capacity=s, sm_count=sm_count)
-    for name, val in (("block_m", block_m), ("block_n", block_n), ("num_splits", num_splits),
-                      ("num_warps", num_warps), ("num_stages", num_stages)):
-        if val is not None:
-            cfg[name] = int(val)
-    splits = max(1, cfg["num_splits"])
+    cfg = _launch_config(q, rows=group * t, hkv=hkv, head_dim=hd, cache_capacity=s,
+                         overrides=dict(block_m=block_m, block_n=block_n, num_splits=num_splits,
+                                        num_warps=num_warps, num_stages=num_stages))
+    _launch(q, k, v, k_cache, v_cache, cache_len, mask, scale, out, cfg)
+    return out
 
+
+def _launch(q, k, v, k_cache, v_cache, cache_len, mask, scale: float, out: torch.Tensor, cfg: dict) -> None:
+    """Run the forward kernel (and, split over the cache, the combine kernel) into ``out``."""
+    hq, t, hd = q.shape
+    hkv, tk, _ = k.shape
+    s = k_cache.shape[1]
+    group = hq // hkv
+    splits = max(1, cfg["num_splits"])
     if splits == 1:
         dest, lse = out, out  # LSE unused
     else:
@@ -325,7 +347,6 @@ def triton_tree_attention(
                 HEAD_DIM=hd, BLOCK_D=cfg["block_d"], NUM_SPLITS=splits,
                 SPLITS_P2=triton.next_power_of_2(splits), num_warps=cfg["combine_num_warps"],
             )
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -353,6 +374,15 @@ def ast_sources(dtype: torch.dtype, head_dim: int, config: dict, *, unit_inner_s
     consts = dict(HEAD_DIM=head_dim, BLOCK_D=config["block_d"], BLOCK_M=config["block_m"],
                   BLOCK_N=config["block_n"], NUM_SPLITS=splits,
                   DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32")
+    sig, attrs = _fwd_signature(tl_dtype, splits, consts, unit_inner_strides)
+    out = [("fwd", ASTSource(_tree_attn_fwd_kernel, sig, constexprs=consts, attrs=attrs))]
+    if splits > 1:
+        out.append(("combine", _combine_source(tl_dtype, head_dim, config, unit_inner_strides)))
+    return out
+
+
+def _fwd_signature(tl_dtype: str, splits: int, consts: dict, unit_inner_strides: bool) -> tuple[dict, dict]:
+    """The forward kernel's argument types and divisibility attributes (``consts`` gains the unit strides)."""
     sig, attrs = {}, {}
     div16 = [["tt.divisibility", 16]]
     for i, name in enumerate(_tree_attn_fwd_kernel.arg_names):
@@ -378,22 +408,27 @@ def ast_sources(dtype: torch.dtype, head_dim: int, config: dict, *, unit_inner_s
             attrs[(i,)] = div16
         else:
             sig[name] = "i32"
-    out = [("fwd", ASTSource(_tree_attn_fwd_kernel, sig, constexprs=consts, attrs=attrs))]
-    if splits > 1:
-        cconsts = dict(HEAD_DIM=head_dim, BLOCK_D=config["block_d"], NUM_SPLITS=splits,
-                       SPLITS_P2=triton.next_power_of_2(splits))
-        csig = {}
-        for name in _tree_attn_combine_kernel.arg_names:
-            if name in cconsts:
-                csig[name] = "constexpr"
-            elif name in ("OPART", "LSE"):
-                csig[name] = "*fp32"
-            elif name == "OUT":
-                csig[name] = "*" + tl_dtype
-            elif unit_inner_strides and name == "stride_od":
-                csig[name] = "constexpr"
-                cconsts[name] = 1
-            else:
-                csig[name] = "i32"
-        out.append(("combine", ASTSource(_tree_attn_combine_kernel, csig, constexprs=cconsts)))
-    return out
+    return sig, attrs
+
+
+def _combine_source(tl_dtype: str, head_dim: int, config: dict, unit_inner_strides: bool):
+    """The split-combine kernel's ASTSource (launches with num_splits > 1)."""
+    from triton.compiler import ASTSource
+
+    splits = int(config["num_splits"])
+    cconsts = dict(HEAD_DIM=head_dim, BLOCK_D=config["block_d"], NUM_SPLITS=splits,
+                   SPLITS_P2=triton.next_power_of_2(splits))
+    csig = {}
+    for name in _tree_attn_combine_kernel.arg_names:
+        if name in cconsts:
+            csig[name] = "constexpr"
+        elif name in ("OPART", "LSE"):
+            csig[name] = "*fp32"
+        elif name == "OUT":
+            csig[name] = "*" + tl_dtype
+        elif unit_inner_strides and name == "stride_od":
+            csig[name] = "constexpr"
+            cconsts[name] = 1
+        else:
+            csig[name] = "i32"
+    return ASTSource(_tree_attn_combine_kernel, csig, constexprs=cconsts)

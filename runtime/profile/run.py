@@ -27,6 +27,19 @@ def _check_budgets(engine, budgets: list[int]) -> None:
         raise JetSpecError(f"budgets {budgets}: expected integers >= 1")
 
 
+def _eager(engine, folder: Path, needed: bool) -> tuple:
+    """The eager target + head rebuilt from the artifact (the Hugging Face baselines and the sweep's
+    captures) and its SpecConfig; (None, None, None) when not ``needed``."""
+    from jetspec_compile.safetensors_io import load_safetensors
+
+    from ..engine import eager_models
+
+    if not needed:
+        return None, None, None
+    weights = load_safetensors(folder / engine.artifact.weights, device=engine.device)
+    return eager_models(folder, engine.artifact, weights, engine.device)
+
+
 def profile_artifact(artifact: str | Path, prompts: Sequence[str | Sequence[int]], budgets: Sequence[int] | None = None,
                      *, max_new_tokens: int = 128, reps: int = 3, out: str | Path | None = None, hf: bool = True,
                      autotune: bool = False, device: str | None = None, threads: int | None = 1,
@@ -36,9 +49,8 @@ def profile_artifact(artifact: str | Path, prompts: Sequence[str | Sequence[int]
 
     ``prompts``: text (needs the artifact's tokenizer) or token-id lists."""
     from jetspec_compile.artifact import update_manifest
-    from jetspec_compile.safetensors_io import load_safetensors
 
-    from ..engine import eager_models, load
+    from ..engine import load
 
     if reps < 1:
         raise JetSpecError(f"reps is {reps}; expected >= 1")
@@ -56,12 +68,7 @@ def profile_artifact(artifact: str | Path, prompts: Sequence[str | Sequence[int]
     _check_budgets(engine, budgets)
     ids = encode_prompts(engine, prompts, max_new_tokens, max(budgets), log)
 
-    # eager target + head rebuilt from the artifact: Hugging Face baseline and sweep captures
-    target = head = base_spec = None
-    if hf or any(b != base_budget for b in budgets):
-        weights = load_safetensors(folder / manifest.weights, device=dev)
-        target, head, base_spec = eager_models(folder, manifest, weights, dev)
-        del weights
+    target, head, base_spec = _eager(engine, folder, needed=hf or any(b != base_budget for b in budgets))
     sweep_root = Path(sweep_dir) if sweep_dir is not None else out / "sweep"
     decoders, sweep = budget_decoders(engine, budgets, manifest, target, head, base_spec, sweep_root, log)
     chain_off = lookup_off_decoders(decoders)  # L > 0: every budget again with the chain off at run time
