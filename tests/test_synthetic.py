@@ -97,3 +97,25 @@ def test_taps_in_range_for_shallow_targets():
     for n in (1, 2, 3):
         taps = synthetic_taps(n)
         assert taps and all(0 <= t < n for t in taps) and len(set(taps)) == len(taps), (n, taps)
+
+
+def test_moe_synthetic_keeps_expert_shapes():
+    """qwen3-30b-a3b-e32-1layer: Qwen3-30B-A3B's published attention and expert shapes and top-8 routing, with
+    32 experts and one layer (built on the meta device: no weights allocated)."""
+    import torch
+    from transformers import Qwen3MoeForCausalLM
+
+    from jetspec_compile.synthetic import HEAD_LAYERS_OF
+
+    cfg = synthetic_config("qwen3-30b-a3b-e32-1layer")
+    pub = PUBLISHED["qwen3-30b-a3b"]
+    assert cfg.model_type == "qwen3_moe" and cfg.num_hidden_layers == 1 and cfg.num_experts == 32
+    for k in ("hidden_size", "moe_intermediate_size", "num_experts_per_tok", "num_attention_heads",
+              "num_key_value_heads", "head_dim", "vocab_size", "norm_topk_prob"):
+        assert getattr(cfg, k) == pub[k], k
+    with torch.device("meta"):
+        m = Qwen3MoeForCausalLM(cfg)
+    experts = m.model.layers[0].mlp.experts
+    assert tuple(experts.gate_up_proj.shape) == (32, 2 * 768, 2048)
+    assert tuple(experts.down_proj.shape) == (32, 2048, 768)
+    assert HEAD_LAYERS_OF["qwen3-30b-a3b-e32-1layer"] == 2
