@@ -51,7 +51,7 @@ from .accept import Acceptance, accept
 from .decode import Stats
 from .graphs import SpecConfig
 from .head import DraftHead, load_draft_head
-from .speculative import autoregressive_generate, speculative_generate
+from .eager_oracle import autoregressive_generate, speculative_generate
 from .target import Target, TargetOutput, default_tap_layers, load_target
 from .tree import StaticTree, Tree, build_tree, calibrate_static_tree, static_tree_from_paths
 

@@ -21,7 +21,7 @@ import torch
 from .decode import Stats
 from .graphs import SpecConfig
 from .head import DraftHead
-from .speculative import eager_decoder
+from .eager_oracle import eager_decoder
 from .target import Target
 
 

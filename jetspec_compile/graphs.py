@@ -1,7 +1,7 @@
 """The static-shape graphs of JetSpec decoding, as nn.Modules over explicit, functional caches.
 
 These modules are what `torch.export` captures (jetspec_compile.export) and what the eager oracle
-runs (jetspec_compile.speculative). Every graph of one model holds the same `target` and `head`
+runs (jetspec_compile.eager_oracle). Every graph of one model holds the same `target` and `head`
 submodules, so parameter names agree across graphs.
 
   prefill      (tokens[P], cache_len[1], k_cache, v_cache)

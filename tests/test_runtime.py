@@ -11,7 +11,7 @@ import torch
 from jetspec_compile.errors import JetSpecError
 from jetspec_compile.artifact import write_manifest
 from jetspec_compile.runtime import load
-from jetspec_compile.speculative import autoregressive_generate, speculative_generate
+from jetspec_compile.eager_oracle import autoregressive_generate, speculative_generate
 
 SPEC = dict(budget=16, topk=3, max_seq_len=96, prefill_chunk=16)
 

@@ -9,7 +9,7 @@ from helpers import OracleDraft, empty_cache, heap_tree, walk_accept
 from jetspec_compile.accept import accept, filter_logits, sample_tokens
 from jetspec_compile.attention import CacheAttention, causal_mask
 from jetspec_compile.graphs import SpecConfig, build_graphs
-from jetspec_compile.speculative import (autoregressive_generate, eager_decoder,
+from jetspec_compile.eager_oracle import (autoregressive_generate, eager_decoder,
                                          speculative_generate)
 from jetspec_compile.tiny import tiny_head, tiny_target
 from jetspec_compile.tree import (build_tree, calibrate_static_tree, default_static_tree,

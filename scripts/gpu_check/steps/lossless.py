@@ -29,7 +29,7 @@ def _check_prompts(row: dict, target, head, n_prompts: int, budgets, trees, n_ne
     """Random prompts: autoregressive and every (budget, tree) speculative run against HF greedy."""
     import torch
 
-    from jetspec_compile.speculative import autoregressive_generate, speculative_generate
+    from jetspec_compile.eager_oracle import autoregressive_generate, speculative_generate
 
     for i in range(n_prompts):
         ids = torch.randint(0, 127, (int(torch.randint(1, 24, (1,), generator=g)),), generator=g)
@@ -52,7 +52,7 @@ def _check_oracle(row: dict, target, head, n_new: int, dev: str, g) -> None:
 
     from jetspec_compile.decode import Stats
     from jetspec_compile.graphs import SpecConfig, build_graphs
-    from jetspec_compile.speculative import eager_decoder
+    from jetspec_compile.eager_oracle import eager_decoder
 
     ids = torch.randint(0, 127, (9,), generator=g)
     ref = _hf_greedy(target, ids, n_new + head.depth + 1, dev)

@@ -20,7 +20,7 @@ def run(ctx: Ctx) -> dict:
     from jetspec_compile.export.pipeline import export_model
     from jetspec_compile.graphs import SpecConfig
     from jetspec_compile.runtime import load
-    from jetspec_compile.speculative import speculative_generate
+    from jetspec_compile.eager_oracle import speculative_generate
     from jetspec_compile.tiny import tiny_head, tiny_target
 
     torch.manual_seed(0)
