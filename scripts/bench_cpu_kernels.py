@@ -14,24 +14,15 @@
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
+from bench_timing import call_seconds, median, write_json
 
 
 def median_us(fn, iters: int) -> float:
-    for _ in range(max(5, iters // 10)):
-        fn()
-    xs = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        xs.append(time.perf_counter() - t0)
-    return 1e6 * statistics.median(xs)
+    return 1e6 * median(call_seconds(fn, iters))
 
 
 def old_op():
@@ -96,9 +87,7 @@ def main(argv=None) -> int:
     print("\n| linear, demo step weights | rows M | F.linear (us) | jetspec::linear (us) | speedup |\n|---|---:|---:|---:|---:|")
     for r in res["linear"]:
         print(f"| {r['weights_mb']:.1f} MB | {r['rows']} | {r['old_us']:.0f} | {r['native_us']:.0f} | {r['speedup']:.2f}x |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+    write_json(args.json, res)
     return 0
 
 

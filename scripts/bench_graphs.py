@@ -12,22 +12,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import statistics
 import sys
-import time
+
+from bench_timing import call_seconds, median, write_json
 
 
 def timed(fn, iters: int) -> dict:
-    for _ in range(max(5, iters // 10)):
-        fn()
-    xs = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        xs.append(time.perf_counter() - t0)
-    xs.sort()
-    return {"median_ms": 1e3 * statistics.median(xs), "p90_ms": 1e3 * xs[int(0.9 * (len(xs) - 1))]}
+    xs = call_seconds(fn, iters)
+    return {"median_ms": 1e3 * median(xs), "p90_ms": 1e3 * xs[int(0.9 * (len(xs) - 1))]}
 
 
 def main(argv=None) -> int:
@@ -67,9 +59,7 @@ def main(argv=None) -> int:
     for k in ("ar_step", "draft", "verify"):
         print(f"{k:8s} median {res[k]['median_ms']:.3f} ms  p90 {res[k]['p90_ms']:.3f} ms")
     print(f"B={dec.B} L={getattr(dec, 'L', 0)} D={dec.D} cache_len={L}: break-even tau {res['break_even_tau']:.2f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+    write_json(args.json, res)
     return 0
 
 

@@ -31,12 +31,13 @@ from .attention import BlockTrainingAttention, block_student_hidden
 from .cli import EOS_TOKEN, MASK_TOKEN, main, register_cli
 from .data import TrainSequence, load_documents, make_sequences, regenerate, sample_anchors
 from .evaluation import chain_walk_tau, evaluate_head
-from .loop import plot_training, train_head
+from .loop import TrainOptions, plot_training, train_head
 from .loss import _sequence_stats, depth_weights, kd_loss
 from .new_head import build_head_for_target, init_head_from_target, warm_start_head
 
 __all__ = [
     "BlockTrainingAttention",
+    "TrainOptions",
     "TrainSequence",
     "block_student_hidden",
     "build_head_for_target",

@@ -28,34 +28,40 @@ def _lr_at(step: int, total: int, peak: float, warmup: int, floor: float) -> flo
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
-def train_head(
-    target: Target,
-    head: DraftHead,
-    sequences: Sequence,
-    *,
-    steps: int,
-    lr: float = 3e-4,
-    anchors: int = 512,
-    kd_temperature: float = 1.0,
-    batch: int = 1,
-    seed: int = 0,
-    loss_decay_gamma: float = 0.0,
-    weight_decay: float = 0.01,
-    warmup: float = 0.04,
-    min_lr_ratio: float = 0.1,
-    grad_clip: float = 1.0,
-    anchor_chunk: int | None = None,
-    autocast_dtype: torch.dtype | None = None,
-    out: str | Path | None = None,
-    save_every: int | None = None,
-    eval_sequences: Sequence | None = None,
-    eval_every: int | None = None,
-    max_minutes: float | None = None,
-    progress: bool = True,
-    log_every: int = 10,
-) -> dict:
+@dataclass(frozen=True)
+class TrainOptions:
+    """The training settings ``train_head`` takes as keyword arguments (see its docstring)."""
+
+    steps: int
+    lr: float = 3e-4
+    anchors: int = 512
+    kd_temperature: float = 1.0
+    batch: int = 1
+    seed: int = 0
+    loss_decay_gamma: float = 0.0
+    weight_decay: float = 0.01
+    warmup: float = 0.04  # a fraction of the steps, or a step count if >= 1
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    anchor_chunk: int | None = None
+    autocast_dtype: torch.dtype | None = None
+    save_every: int | None = None
+    eval_every: int | None = None
+    max_minutes: float | None = None
+    log_every: int = 10
+
+    @property
+    def warmup_steps(self) -> int:
+        return int(self.warmup) if self.warmup >= 1 else max(1, int(round(self.warmup * self.steps)))
+
+
+def train_head(target: Target, head: DraftHead, sequences: Sequence, *, steps: int, out: str | Path | None = None,
+               eval_sequences: Sequence | None = None, progress: bool = True, **options) -> dict:
     """Train ``head`` (in place) to match the frozen ``target`` on ``sequences``; return metrics and curves.
 
+    ``options``: the fields of :class:`TrainOptions` (lr=3e-4, anchors=512, kd_temperature=1.0, batch=1,
+    seed=0, loss_decay_gamma=0.0, weight_decay=0.01, warmup=0.04, min_lr_ratio=0.1, grad_clip=1.0,
+    anchor_chunk, autocast_dtype, save_every, eval_every, max_minutes, log_every=10).
     sequences: 1-D token-id tensors, ``(ids, first_anchor)`` tuples or :class:`TrainSequence`s.
     One optimizer step = ``batch`` sequences (the loss is the mean over all their active slots).
     ``loss_decay_gamma`` = 0 weighs every depth the same (the JetSpec recipe); gamma > 0 weighs depth d
@@ -69,29 +75,24 @@ def train_head(
     runs the head's forward under autocast (fp32 master weights, fp32 softmax and KL); the teacher always
     runs in the target's own dtype.
     """
+    opts = TrainOptions(steps=steps, **options)
     if steps < 1:
         raise JetSpecError(f"train_head: steps is {steps}; expected >= 1")
-    if kd_temperature <= 0:
-        raise JetSpecError(f"train_head: kd_temperature is {kd_temperature}; expected > 0")
+    if opts.kd_temperature <= 0:
+        raise JetSpecError(f"train_head: kd_temperature is {opts.kd_temperature}; expected > 0")
     head.check_compatible(target)
     seqs = _usable_sequences(target, sequences)
-    opts = _Options(steps=steps, lr=lr, anchors=anchors, kd_temperature=kd_temperature, batch=batch, seed=seed,
-                    loss_decay_gamma=loss_decay_gamma, weight_decay=weight_decay,
-                    warmup_steps=int(warmup) if warmup >= 1 else max(1, int(round(warmup * steps))),
-                    min_lr_ratio=min_lr_ratio, grad_clip=grad_clip, anchor_chunk=anchor_chunk,
-                    autocast_dtype=autocast_dtype, save_every=save_every, eval_every=eval_every,
-                    max_minutes=max_minutes, log_every=log_every)
-    torch.manual_seed(seed)
+    torch.manual_seed(opts.seed)
     grad_flags = {n: p.requires_grad for n, p in target.named_parameters()}
     target.requires_grad_(False)
     target.eval()
     head.train()
     run = _Training(target, head, seqs, opts, eval_sequences, Path(out) if out is not None else None)
-    if eval_sequences and eval_every:
+    if eval_sequences and opts.eval_every:
         run.evaluate(0)
     step = 0
     try:
-        with _progress(progress, "train-head", steps, log_every) as bar:
+        with _progress(progress, "train-head", steps, opts.log_every) as bar:
             for step in range(steps):
                 loss, cur_lr = run.step(step)
                 bar.advance(1, info=run.record(step, loss, cur_lr))
@@ -122,27 +123,6 @@ def _usable_sequences(target: Target, sequences: Sequence) -> list[TrainSequence
     return seqs
 
 
-@dataclass
-class _Options:
-    steps: int
-    lr: float
-    anchors: int
-    kd_temperature: float
-    batch: int
-    seed: int
-    loss_decay_gamma: float
-    weight_decay: float
-    warmup_steps: int
-    min_lr_ratio: float
-    grad_clip: float
-    anchor_chunk: int | None
-    autocast_dtype: torch.dtype | None
-    save_every: int | None
-    eval_every: int | None
-    max_minutes: float | None
-    log_every: int
-
-
 class _Window:
     """Per-depth top-1 agreement and accepted-length counts since the last logged step."""
 
@@ -170,7 +150,7 @@ class _Window:
 class _Training:
     """One training run: optimizer, batch order, the log, evaluations and checkpoints."""
 
-    def __init__(self, target: Target, head: DraftHead, seqs: list[TrainSequence], opts: _Options,
+    def __init__(self, target: Target, head: DraftHead, seqs: list[TrainSequence], opts: TrainOptions,
                  eval_sequences: Sequence | None, out_path: Path | None):
         self.target, self.head, self.seqs, self.o = target, head, seqs, opts
         self.eval_sequences, self.out_path = eval_sequences, out_path
