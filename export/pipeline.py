@@ -5,21 +5,21 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
-from jetspec_compile.artifact import library_versions, write_manifest
+from jetspec_compile.artifact import (Budgets, GraphEntry, Manifest, ModelInfo, Shapes, library_versions,
+                                      write_manifest)
 from jetspec_compile.atomic import atomic_folder
-from jetspec_compile.backends import capture, get_backend, graph_weights
+from jetspec_compile.backends import GraphJob, compile_graphs, get_backend, graph_weights
 from jetspec_compile.errors import JetSpecError
 from jetspec_compile.graphs import (GRAPH_NAMES, PLAIN_BUDGET, SpecConfig, _static_tree,
                                     budget_graph_name, budget_graph_names, budget_spec, build_graphs,
-                                    example_inputs, split_graph_name)
+                                    example_inputs)
 from jetspec_compile.head import DraftHead
-from jetspec_compile.linear import native_linears
 from jetspec_compile.safetensors_io import save_safetensors
 from jetspec_compile.target import Target
 
@@ -78,60 +78,82 @@ def export_model(
         head.set_depth(full_depth)
 
 
-def _jobs(target, head, specs: dict[int, SpecConfig], main: int, sampling: bool, full_depth: int):
-    """(graph name, budget, drafted depth, module) for every graph to compile, in order; yields each module
-    with the head set to its budget's reachable depth (depth is read while the graph is captured)."""
+@dataclass
+class _Planned:
+    """What the job list noted for each graph: its budget and module, and each budget's drafted depth."""
+
+    budget: dict[str, int] = field(default_factory=dict)
+    module: dict[str, torch.nn.Module] = field(default_factory=dict)
+    depth: dict[int, int] = field(default_factory=dict)
+
+
+def _jobs(target, head, specs: dict[int, SpecConfig], main: int, sampling: bool, full_depth: int, device,
+          seen: _Planned):
+    """Every graph to compile, in order, as GraphJobs (noting each in ``seen``). Yields each job with the
+    head set to its budget's reachable depth (the depth is read while the graph is captured)."""
     for b, spec in specs.items():
         head.set_depth(full_depth)
         depth = spec.reachable_depth(head)
         head.set_depth(depth)
+        seen.depth[b] = depth
         if b == main:
             names = [n for n in GRAPH_NAMES if sampling or n != "verify_sample"]
         else:
             names = list(budget_graph_names(b, sampling))
         graphs = build_graphs(target, head, spec, names)
         for n in names:
-            yield (n if b == main else budget_graph_name(n, b)), b, depth, graphs[n], spec
+            name = n if b == main else budget_graph_name(n, b)
+            seen.budget[name], seen.module[name] = b, graphs[n]
+            yield GraphJob(name, graphs[n], example_inputs(n, target, head, spec, device))
+
+
+def _header(be, specs: dict, main: int, n_graphs: int, device, full_depth: int, native: bool, out: Path) -> str:
+    spec = specs[main]
+    more = sorted(b for b in specs if b != main)
+    return (f"exporting {n_graphs} graphs with backend {be.name} on {device} "
+            f"(B={spec.budget}{' + budgets ' + ','.join(map(str, more)) if more else ''} "
+            f"K={spec.topk} S={spec.max_seq_len} P={spec.prefill_chunk}, tree={spec.tree}, head depth {full_depth}"
+            f"{', native linears' if native else ''}) -> {out}")
+
+
+def _n_graphs(specs: dict, main: int, sampling: bool) -> int:
+    return sum(len(budget_graph_names(b, sampling)) for b in specs if b != main) + 4 + int(sampling)
+
+
+def _compile_all(target, head, specs, main, tmp: Path, be, *, device, sampling, full_depth, native, log,
+                 _fail_after) -> tuple[dict[str, GraphEntry], dict[str, torch.nn.Module], dict[int, int]]:
+    """Capture and compile every graph into ``tmp``: (manifest entries, modules, drafted depth per budget)."""
+    n_graphs = _n_graphs(specs, main, sampling)
+    seen = _Planned()
+    jobs = _jobs(target, head, specs, main, sampling, full_depth, device, seen)
+    report: dict[str, GraphEntry] = {}
+    for c in compile_graphs(be, jobs, tmp, device, native=native, target=target, head=head, total=n_graphs,
+                            prefix="  ", log=log):
+        if _fail_after == c.name:
+            raise RuntimeError(f"injected failure after compiling {c.name}")
+        b = seen.budget[c.name]
+        static = getattr(seen.module[c.name], "static", None) if b != main else None
+        report[c.name] = GraphEntry(
+            name=c.name, file=c.path.name, capture_s=c.capture_s, compile_s=c.compile_s, bytes=c.bytes,
+            jetspec_ops=c.jetspec_ops, native_linears=c.native_linears, inputs=c.input_types,
+            backend_fields=c.backend_fields, budget=b if b != main else None,
+            static_tree=static.to_json() if static is not None else None)
+    return report, seen.module, seen.depth
 
 
 def _export(target, head, specs, main, out, be, *, device, sampling, force, tokenizer_dir, sources, log,
             _fail_after, full_depth) -> dict:
-    spec = specs[main]
     target.to(device).eval()
     head.to(device).eval()
     if target.is_moe:
         _static_experts(target)
-    n_graphs = sum(len(budget_graph_names(b, sampling)) for b in specs if b != main) + 4 + int(sampling)
     t_start = time.perf_counter()
-    report: dict[str, dict] = {}
-    modules: dict[str, torch.nn.Module] = {}
-    depths: dict[int, int] = {}
     native = be.native_linear(device)
-    log(f"exporting {n_graphs} graphs with backend {be.name} on {device} "
-        f"(B={spec.budget}{' + budgets ' + ','.join(map(str, sorted(b for b in specs if b != main))) if len(specs) > 1 else ''} "
-        f"K={spec.topk} S={spec.max_seq_len} P={spec.prefill_chunk}, tree={spec.tree}, head depth {full_depth}"
-        f"{', native linears' if native else ''}) -> {out}")
+    log(_header(be, specs, main, _n_graphs(specs, main, sampling), device, full_depth, native, out))
     with atomic_folder(out, force=force) as tmp:
-        for i, (name, b, depth, module, bspec) in enumerate(_jobs(target, head, specs, main, sampling, full_depth), 1):
-            depths[b], modules[name] = depth, module
-            args = example_inputs(split_graph_name(name)[0], target, head, bspec, device)
-            t0 = time.perf_counter()
-            with native_linears(target, head, enabled=native):
-                ep = capture(module, args, be.attention_form)
-            t1 = time.perf_counter()
-            log(f"  [{i}/{n_graphs}] {name}: captured in {t1 - t0:.1f}s, compiling ({be.name}) ...")
-            path = tmp / f"{name}.{be.ext}"
-            meta = be.compile_graph(ep, args, path, device, module=module)
-            t2 = time.perf_counter()
-            if _fail_after == name:
-                raise RuntimeError(f"injected failure after compiling {name}")
-            size = path.stat().st_size
-            log(f"  [{i}/{n_graphs}] {name}: compiled in {t2 - t1:.1f}s ({_fmt_bytes(size)})")
-            report[name] = dict(file=path.name, capture_s=round(t1 - t0, 3), compile_s=round(t2 - t1, 3),
-                                bytes=size, jetspec_ops=_count_op(ep, "tree_attention"),
-                                native_linears=_count_op(ep, "linear"),
-                                inputs=[str(getattr(a, "dtype", type(a))) + str(list(getattr(a, "shape", [])))
-                                        for a in args], **meta, **_budget_fields(b, main, module))
+        report, modules, depths = _compile_all(target, head, specs, main, tmp, be, device=device, sampling=sampling,
+                                               full_depth=full_depth, native=native, log=log,
+                                               _fail_after=_fail_after)
         head.set_depth(depths[main])
         log("  writing weights and tokenizer ...")
         weights = graph_weights(modules)
@@ -140,49 +162,39 @@ def _export(target, head, specs, main, out, be, *, device, sampling, force, toke
         budgets = None
         if len(specs) > 1:
             log("  calibrating the cost of a round at each budget ...")
-            costs = calibrate_costs(tmp, report, be, device, weights, specs, main, depths, target, head)
-            budgets = {"compiled": sorted(specs), "depth": {str(b): depths[b] for b in sorted(specs)},
-                       "cost_ms": costs, "default": "adaptive"}
+            costs = calibrate_costs(tmp, {n: g.to_json() for n, g in report.items()}, be, device, weights, specs,
+                                    main, depths, target, head)
+            budgets = Budgets(compiled=tuple(sorted(specs)), depth=dict(depths), cost_ms=costs)
             log("  round cost (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()))
-        manifest = {
-            "name": out.name,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "backend": be.name,
-            "device": str(device),
-            "dtype": str(target.dtype).removeprefix("torch."),
-            "shapes": {"budget": spec.budget, "depth": depths[main], "topk": spec.topk,
-                       "max_seq_len": spec.max_seq_len, "prefill_chunk": spec.prefill_chunk},
-            "tree": {"policy": spec.tree,
-                     "static": modules["draft"].static.to_json() if modules["draft"].static else None},
-            "sampling": sampling,
-            "lookup": {"length": spec.lookup},
-            "graphs": report,
-            "weights": WEIGHTS,
-            "target": {"config": json.loads(target.config.to_json_string()), "tap_layers": head.target_layer_ids,
-                       "model_type": target.config.model_type, "num_layers": target.num_layers,
-                       "moe_experts": getattr(target.config, "_experts_implementation", None) if target.is_moe else None},
-            "head": {"config": head.config_dict(), "depth": depths[main], "block_depth": full_depth},
-            "tokenizer": tok,
-            "eos_token_ids": _eos_ids(target, tokenizer_dir),
-            "sources": sources or {},
-            "versions": library_versions(),
-            "export_s": round(time.perf_counter() - t_start, 3),
-        }
-        if budgets:
-            manifest["budgets"] = budgets
-        manifest = write_manifest(tmp, manifest)
+        manifest = _manifest(target, head, specs[main], out, be, device=device, sampling=sampling, report=report,
+                             modules=modules, depths=depths, main=main, full_depth=full_depth, tok=tok,
+                             tokenizer_dir=tokenizer_dir, sources=sources, budgets=budgets,
+                             export_s=round(time.perf_counter() - t_start, 3))
+        written = write_manifest(tmp, manifest.to_json())
     total = time.perf_counter() - t_start
-    log(f"done in {total:.1f}s: " + ", ".join(f"{n} {r['compile_s']:.0f}s/{_fmt_bytes(r['bytes'])}"
-                                               for n, r in report.items()))
-    return manifest
+    log(f"done in {total:.1f}s: " + ", ".join(f"{n} {g.compile_s:.0f}s/{_fmt_bytes(g.bytes)}"
+                                               for n, g in report.items()))
+    return written
 
 
-def _budget_fields(budget: int, main: int, module) -> dict:
-    """A budget graph's extra manifest fields: its budget and, for a static draft, its topology."""
-    if budget == main:
-        return {}
-    static = getattr(module, "static", None)
-    return {"budget": budget, **({"static_tree": static.to_json()} if static is not None else {})}
+def _manifest(target, head, spec, out: Path, be, *, device, sampling, report, modules, depths, main, full_depth,
+              tok, tokenizer_dir, sources, budgets, export_s) -> Manifest:
+    """The artifact's typed manifest (``files`` and the schema version are added as it is written)."""
+    static = modules["draft"].static
+    return Manifest(
+        name=out.name, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), backend=be.name, device=str(device),
+        dtype=str(target.dtype).removeprefix("torch."),
+        shapes=Shapes(budget=spec.budget, depth=depths[main], topk=spec.topk, max_seq_len=spec.max_seq_len,
+                      prefill_chunk=spec.prefill_chunk),
+        tree_policy=spec.tree, static_tree=static.to_json() if static else None,
+        sampling=sampling, lookup=spec.lookup, graphs=report, weights=WEIGHTS,
+        target=ModelInfo(json.loads(target.config.to_json_string()), model_type=target.config.model_type,
+                         num_layers=target.num_layers, tap_layers=tuple(head.target_layer_ids),
+                         moe_experts=getattr(target.config, "_experts_implementation", None) if target.is_moe else None),
+        head=ModelInfo(head.config_dict(), depth=depths[main], block_depth=full_depth),
+        files={}, tokenizer_file=tok[0] if tok else None, tokenizer_files=tok[1] if tok else (),
+        eos_token_ids=tuple(_eos_ids(target, tokenizer_dir)), sources=sources or {},
+        versions=library_versions(), budgets=budgets, export_s=export_s)
 
 
 def _unshared(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -198,11 +210,6 @@ def _unshared(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _count_op(ep: torch.export.ExportedProgram, name: str) -> int:
-    op = getattr(torch.ops.jetspec, name).default
-    return sum(1 for n in ep.graph.nodes if n.op == "call_function" and n.target == op)
-
-
 def _static_experts(target: Target) -> None:
     """Qwen3-MoE: use transformers' static-shape batched expert kernel (gathers each token's k experts)."""
     for m in target.model.modules():
@@ -211,7 +218,8 @@ def _static_experts(target: Target) -> None:
             cfg._experts_implementation = "batched_mm"
 
 
-def _copy_tokenizer(folder, dest: Path) -> dict | None:
+def _copy_tokenizer(folder, dest: Path) -> tuple[str, tuple[str, ...]] | None:
+    """Copy the target folder's tokenizer files into ``dest``: (the tokenizer file, every file copied)."""
     if folder is None:
         return None
     folder = Path(folder)
@@ -224,7 +232,7 @@ def _copy_tokenizer(folder, dest: Path) -> dict | None:
         if (folder / extra).is_file():
             shutil.copy2(folder / extra, dest / extra)
             copied.append(extra)
-    return {"file": "tokenizer.json", "files": copied}
+    return "tokenizer.json", tuple(copied)
 
 
 def _eos_ids(target: Target, folder) -> list[int]:

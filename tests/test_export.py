@@ -10,7 +10,8 @@ import torch
 
 from jetspec_compile.errors import ArtifactError, BackendUnavailableError, JetSpecError
 from jetspec_compile.artifact import read_manifest
-from jetspec_compile.export.pipeline import capture, export_model
+from jetspec_compile.backends import capture
+from jetspec_compile.export.pipeline import export_model
 from jetspec_compile.graphs import GRAPH_NAMES, SpecConfig, build_graphs, example_inputs
 from jetspec_compile.runtime import load
 from jetspec_compile.tiny import tiny_head, tiny_target

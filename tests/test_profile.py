@@ -65,7 +65,7 @@ def test_profile_two_budgets_writes_json_csv_png(artifact, inductor_cache, capsy
     out = root / "out"
     assert _profile(art, prompts, out) == 0
     log = capsys.readouterr().out
-    assert "[budget 4] compiling draft (onnx)" in log and "best budget" in log
+    assert "[budget 4] [1/2] draft: captured in" in log and "compiling (onnx)" in log and "best budget" in log
 
     res = json.loads((out / "profile.json").read_text())
     assert res["settings"]["budgets"] == [4, BUDGET] and res["settings"]["reps"] == 2

@@ -1,11 +1,12 @@
 """The typed artifact contract: ``Manifest``, what manifest.json says, as dataclasses.
 
 ``Manifest.from_json(obj, path)`` checks every field with ``schema`` (the same one-line errors naming the
-file, the field and the expected value) and builds the typed view; ``to_json()`` gives back the JSON object
-exactly as it is on disk (every field, including those no reader needs: timings, sources, versions), so a
-manifest read and written again keeps its format and its ``manifest_sha256``. This module is the only place
-that reads a manifest field by its key; export, the runtime, ``inspect``, the profile and the scripts use the
-attributes.
+file, the field and the expected value) and builds the typed view; ``to_json()`` gives back the JSON object.
+Export builds a ``Manifest`` from the dataclasses and writes ``to_json()`` (serialized from the fields);
+a manifest read from disk gives back the object exactly as read (older manifests may lack fields that
+newer exports write), so it keeps its format and its ``manifest_sha256``. This module is the only place
+that reads or writes a manifest field by its key; export, the runtime, ``inspect``, the profile and the
+scripts use the attributes.
 """
 
 from __future__ import annotations
@@ -48,6 +49,17 @@ class GraphEntry:
     jetspec_ops: int | None = None
     budget: int | None = None
     static_tree: dict | None = None
+    native_linears: int | None = None  # jetspec::linear nodes (aoti on the CPU)
+    backend_fields: dict = field(default_factory=dict)  # what the backend's compile_graph adds (onnx: custom_file)
+
+    def to_json(self) -> dict:
+        """The graph's object in the manifest's ``graphs``."""
+        out = {"file": self.file, "capture_s": self.capture_s, "compile_s": self.compile_s, "bytes": self.bytes}
+        out.update(_present(jetspec_ops=self.jetspec_ops, native_linears=self.native_linears))
+        out["inputs"] = list(self.inputs)
+        out.update(self.backend_fields)
+        out.update(_present(budget=self.budget, static_tree=self.static_tree))
+        return out
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,7 @@ class ModelInfo:
     tap_layers: tuple[int, ...] = ()
     depth: int | None = None  # head: the drafted depth (the deepest the tree reaches)
     block_depth: int | None = None  # head: its full block
+    moe_experts: str | None = None  # target: transformers' expert kernel of a MoE target (None: dense)
 
     @property
     def hidden_size(self) -> int:
@@ -89,6 +102,11 @@ class Budgets:
     compiled: tuple[int, ...]
     depth: dict[int, int]
     cost_ms: dict[str, float]  # keys: the budgets as strings, and "ar_step"
+    default: str = "adaptive"  # what the runtime runs without an explicit budget
+
+    def to_json(self) -> dict:
+        return {"compiled": sorted(self.compiled), "depth": {str(b): int(self.depth[b]) for b in sorted(self.compiled)},
+                "cost_ms": dict(self.cost_ms), "default": self.default}
 
     def cost(self, budget: int) -> float:
         """The calibrated round cost of ``budget`` in ms."""
@@ -130,7 +148,9 @@ class Manifest:
     budgets: Budgets | None = None
     autotune: dict | None = None
     schema_version: int | None = None
-    _json: dict = field(default_factory=dict, repr=False, compare=False)
+    created: str | None = None
+    export_s: float | None = None
+    _json: dict = field(default_factory=dict, repr=False, compare=False)  # the object as read ({}: built here)
 
     # ---- JSON -------------------------------------------------------------------------------------------
     @classmethod
@@ -147,19 +167,46 @@ class Manifest:
             tree_policy=m["tree"]["policy"], static_tree=m["tree"].get("static"), sampling=m["sampling"],
             lookup=int((m.get("lookup") or {}).get("length", 0) or 0),
             graphs={n: _graph(n, g) for n, g in m["graphs"].items()}, weights=m["weights"],
-            target=ModelInfo(t["config"], t.get("model_type"), t.get("num_layers"), tuple(t["tap_layers"])),
+            target=ModelInfo(t["config"], t.get("model_type"), t.get("num_layers"), tuple(t["tap_layers"]),
+                             moe_experts=t.get("moe_experts")),
             head=ModelInfo(h["config"], depth=h["depth"], block_depth=h.get("block_depth", h["depth"])),
             files=dict(m["files"]), name=m.get("name"), tokenizer_file=tok.get("file"),
             tokenizer_files=tuple(tok.get("files") or ()), eos_token_ids=None if m.get("eos_token_ids") is None else tuple(m["eos_token_ids"]),
             sources=dict(m.get("sources") or {}), versions=dict(m.get("versions") or {}),
             budgets=None if budgets is None else Budgets(
                 tuple(budgets["compiled"]), {b: int(budgets["depth"][str(b)]) for b in budgets["compiled"]},
-                dict(budgets["cost_ms"])),
-            autotune=m.get("autotune"), schema_version=m.get("schema_version"), _json=copy.deepcopy(m))
+                dict(budgets["cost_ms"]), budgets.get("default", "adaptive")),
+            autotune=m.get("autotune"), schema_version=m.get("schema_version"), created=m.get("created"),
+            export_s=m.get("export_s"), _json=copy.deepcopy(m))
 
     def to_json(self) -> dict:
-        """The manifest object as on disk (a copy)."""
-        return copy.deepcopy(self._json)
+        """The manifest object (a copy): as read from disk, or serialized from the fields for one built by
+        export (``write_manifest`` then adds ``files``, ``schema_version`` and the digest)."""
+        return copy.deepcopy(self._json) if self._json else self.fields_json()
+
+    def fields_json(self) -> dict:
+        """The manifest object serialized from the fields, in the current format."""
+        s = self.shapes
+        m = {"name": self.name, "created": self.created, "backend": self.backend, "device": self.device,
+             "dtype": self.dtype,
+             "shapes": {"budget": s.budget, "depth": s.depth, "topk": s.topk, "max_seq_len": s.max_seq_len,
+                        "prefill_chunk": s.prefill_chunk},
+             "tree": {"policy": self.tree_policy, "static": copy.deepcopy(self.static_tree)},
+             "sampling": self.sampling, "lookup": {"length": self.lookup},
+             "graphs": {n: g.to_json() for n, g in self.graphs.items()}, "weights": self.weights,
+             "target": {"config": copy.deepcopy(self.target.config), "tap_layers": list(self.target.tap_layers),
+                        "model_type": self.target.model_type, "num_layers": self.target.num_layers,
+                        "moe_experts": self.target.moe_experts},
+             "head": {"config": copy.deepcopy(self.head.config), "depth": self.head.depth,
+                      "block_depth": self.head.block_depth},
+             "tokenizer": (None if self.tokenizer_file is None else
+                           {"file": self.tokenizer_file, "files": list(self.tokenizer_files)}),
+             "eos_token_ids": None if self.eos_token_ids is None else list(self.eos_token_ids),
+             "sources": copy.deepcopy(self.sources), "versions": dict(self.versions), "export_s": self.export_s}
+        m.update(_present(budgets=self.budgets.to_json() if self.budgets else None,
+                          autotune=copy.deepcopy(self.autotune), schema_version=self.schema_version,
+                          files=dict(self.files) if self.files else None))
+        return m
 
     # ---- what the runtime derives from it ---------------------------------------------------------------
     @property
@@ -208,11 +255,21 @@ class Manifest:
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
 
 
+_GRAPH_KEYS = ("file", "bytes", "capture_s", "compile_s", "inputs", "jetspec_ops", "budget", "static_tree",
+               "native_linears")
+
+
 def _graph(name: str, g: dict) -> GraphEntry:
     return GraphEntry(name=name, file=g["file"], bytes=g["bytes"], capture_s=g["capture_s"], compile_s=g["compile_s"],
                       inputs=tuple(g["inputs"]), jetspec_ops=g.get("jetspec_ops"),
                       budget=g.get("budget") if isinstance(g.get("budget"), int) else None,
-                      static_tree=g.get("static_tree"))
+                      static_tree=g.get("static_tree"), native_linears=g.get("native_linears"),
+                      backend_fields={k: v for k, v in g.items() if k not in _GRAPH_KEYS})
+
+
+def _present(**fields) -> dict:
+    """The fields that are set (optional manifest fields are left out rather than written as null)."""
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 

@@ -79,23 +79,15 @@ def _compile(be, modules: dict, target, head, spec, files: dict, folder: Path, k
              note: str | None, native: bool, device: torch.device, budget: int, log) -> tuple[dict, dict]:
     """Capture and compile the sweep graphs into ``folder`` (atomically); returns (capture_s, compile_s)."""
     from jetspec_compile.atomic import atomic_folder
-    from jetspec_compile.backends import capture
+    from jetspec_compile.backends import GraphJob, compile_graphs
     from jetspec_compile.graphs import example_inputs
-    from jetspec_compile.linear import native_linears
 
     capture_s, compile_s = {}, {}
+    jobs = (GraphJob(n, modules[n], example_inputs(n, target, head, spec, device)) for n in SWEEP_GRAPHS)
     with atomic_folder(folder, force=True) as tmp:
-        for i, name in enumerate(SWEEP_GRAPHS, 1):
-            args = example_inputs(name, target, head, spec, device)
-            log(f"[budget {budget}] compiling {name} ({be.name}) [{i}/{len(SWEEP_GRAPHS)}] ...")
-            t0 = time.perf_counter()
-            with native_linears(target, head, enabled=native):
-                ep = capture(modules[name], args, be.attention_form)
-            t1 = time.perf_counter()
-            be.compile_graph(ep, args, tmp / files[name], str(device))
-            t2 = time.perf_counter()
-            capture_s[name], compile_s[name] = round(t1 - t0, 3), round(t2 - t1, 3)
-            log(f"[budget {budget}] {name}: captured in {t1 - t0:.1f}s, compiled in {t2 - t1:.1f}s")
+        for c in compile_graphs(be, jobs, tmp, str(device), native=native, target=target, head=head,
+                                total=len(SWEEP_GRAPHS), with_module=False, prefix=f"[budget {budget}] ", log=log):
+            capture_s[c.name], compile_s[c.name] = c.capture_s, c.compile_s
         meta = {"key": key, "files": _file_hashes(tmp, files.values()), "capture_s": capture_s,
                 "compile_s": compile_s, "note": note,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
