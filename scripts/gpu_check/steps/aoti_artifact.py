@@ -22,10 +22,11 @@ def _eager_graphs(engine, folder, dims: dict, device: str):
     from jetspec_compile.safetensors_io import load_safetensors
 
     target, head = build_models(dims, device)
-    head.set_depth(int(engine.manifest["head"]["depth"]))  # export drafts only the depths the tree can reach
-    spec = spec_for(dims, engine.manifest["shapes"]["budget"])
-    eager = build_graphs(target, head, spec, list(engine.manifest["graphs"]))
-    w = load_safetensors(folder / engine.manifest["weights"], device=device)
+    m = engine.artifact
+    head.set_depth(int(m.head.depth))  # export drafts only the depths the tree can reach
+    spec = spec_for(dims, m.shapes.budget)
+    eager = build_graphs(target, head, spec, list(m.graphs))
+    w = load_safetensors(folder / m.weights, device=device)
     with torch.no_grad():
         for k, t in graph_weights(eager).items():
             t.copy_(w[k])
@@ -38,7 +39,7 @@ def _compare_graphs(ctx: Ctx, engine, target, head, spec, eager: dict, dims: dic
     state = State(target, head, dims, ctx.device)
     state.greedy_chain(eager_call(eager["ar_step"]), head.depth + 1)
     checks = []
-    for name in engine.manifest["graphs"]:
+    for name in engine.artifact.graphs:
         tree = state.tree(head.depth, dims["topk"], spec.budget, target.vocab_size) if name == "verify" else None
         args = state.args(name, tree)
         margin = verify_path_margin(eager[name], args) if name == "verify" else None
@@ -55,7 +56,7 @@ def _generate(ctx: Ctx, engine, target, head, spec, eager: dict, n_new: int) -> 
     import torch
 
     from jetspec_compile.decode import Decoder
-    from jetspec_compile.speculative import EagerGraphs, cache_dims
+    from jetspec_compile.eager_oracle import EagerGraphs, cache_dims
 
     g = torch.Generator().manual_seed(5)
     prompt = torch.randint(0, target.vocab_size - 1, (min(200, spec.max_seq_len // 4),), generator=g).tolist()
@@ -71,10 +72,11 @@ def _generate(ctx: Ctx, engine, target, head, spec, eager: dict, n_new: int) -> 
 
 
 def run(ctx: Ctx) -> dict:
+    from jetspec_compile.artifact import MANIFEST
     from jetspec_compile.runtime import load
 
     folder = ctx.work / "artifact"
-    if not (folder / "manifest.json").is_file():
+    if not (folder / MANIFEST).is_file():
         raise StepSkip("no artifact (aoti_export did not finish)")
     dims = model_dims(ctx)
     t0 = time.perf_counter()
