@@ -7,8 +7,12 @@ counts of these ranks give p(d, r), the chance that the target's token at depth 
 candidate. For every compiled budget the policy keeps the shape its trees take under that model (best-first
 expansions of K children, as the dynamic tree builder makes them) and scores each round counterfactually:
 how many tokens that tree (or the prompt-lookup chain, whichever matched longer) would have committed.
-A running mean of these per budget, divided by the budget's measured round cost, is compared with one
-plain step per plain-step cost. The choice depends only on tokens and the calibrated costs, so it is
+Where the executed round was too shallow to show how far a deeper tree would have gone (every known rank on
+that tree's path), the model adds that node's expected further depth, so small budgets do not look better
+than they are merely because they were the ones run. A running mean of these per budget, divided by the
+budget's measured round cost, is compared with one plain step per plain-step cost. The means are also kept
+per lookup context (no n-gram match, a 1-2 token match, a longer one; known before the round is chosen), so
+a round whose lookup chain will likely carry it runs a small tree, and one without a match a larger tree. The choice depends only on tokens and the calibrated costs, so it is
 deterministic; it only chooses which exact graphs run, so decoding stays lossless.
 """
 
@@ -20,6 +24,12 @@ from dataclasses import dataclass
 from typing import Sequence
 
 PLAIN = 1  # the plain arm: a root-only "tree" verified alone
+CONTEXTS = 3  # lookup contexts: 0 no n-gram match (or no lookup), 1 a 1-2 token match, 2 a longer one
+
+
+def lookup_context(n: int) -> int:
+    """The policy's context of a round whose lookup matched an ``n``-token suffix (0: no match)."""
+    return 0 if n <= 0 else 1 if n <= 2 else 2
 
 
 @dataclass(frozen=True)
@@ -36,7 +46,7 @@ class BudgetPolicy:
 
     def __init__(self, arms: Sequence[Arm], plain_cost_s: float, topk: int, *, alpha: float = 0.125,
                  decay: float = 0.97, refresh: int = 8, first_plain: int = 4, max_plain: int = 64,
-                 evidence: int = 8, probe: int = 4, margin: float = 0.1):
+                 evidence: int = 8, probe: int = 4, margin: float = 0.1, min_context: int = 4):
         self.arms = sorted(arms, key=lambda a: a.budget)
         if not self.arms:
             raise ValueError("BudgetPolicy needs at least one speculative budget")
@@ -50,8 +60,12 @@ class BudgetPolicy:
         self.seen = [4.0] * self.D
         self.hits = [[1.6] + [0.2] * (topk - 1) for _ in range(self.D)]
         self.paths: dict[int, set[tuple[int, ...]]] = {}
+        self.ext: dict[int, dict[tuple[int, ...], float]] = {}  # per budget: expected depth beyond each node
         self.expect = {a.budget: 1.0 for a in self.arms}  # running mean of counterfactual tokens per round
+        self.expect_ctx = [dict(self.expect) for _ in range(CONTEXTS)]  # the same, per lookup context
         self.observed = 0
+        self.observed_ctx = [0] * CONTEXTS
+        self.min_context = min_context  # rounds seen in a context before its own means are used
         self.actual = self.modelled = 1.0  # running means of committed vs modelled tokens of the executed arm
         self.plain_left = 0
         self.backoff = first_plain
@@ -59,31 +73,35 @@ class BudgetPolicy:
         self._reshape()
 
     # ---- choosing -------------------------------------------------------------------------------------
-    def rate(self, budget: int) -> float:
-        """Predicted tokens per second of ``budget`` (PLAIN: one token per plain step)."""
+    def rate(self, budget: int, context: int | None = None) -> float:
+        """Predicted tokens per second of ``budget`` (PLAIN: one token per plain step), in a lookup
+        ``context`` once it has been seen often enough (None: over all rounds)."""
         if budget == PLAIN:
             return 1.0 / self.plain_cost
         arm = next(a for a in self.arms if a.budget == budget)
         scale = self.actual / self.modelled if self.modelled > 0 else 1.0
-        return max(1.0, self.expect[budget] * scale) / arm.cost_s
+        use_ctx = context is not None and self.observed_ctx[context] >= self.min_context
+        expect = self.expect_ctx[context] if use_ctx else self.expect
+        return max(1.0, expect[budget] * scale) / arm.cost_s
 
-    def best_budget(self) -> int:
-        return max(self.arms, key=lambda a: self.rate(a.budget)).budget
+    def best_budget(self, context: int | None = None) -> int:
+        return max(self.arms, key=lambda a: self.rate(a.budget, context)).budget
 
-    def choose(self) -> int:
-        """The budget of the next round, or PLAIN. Plain steps need a clear margin (costs are noisy, and a
-        wrong plain run loses more than a wrong speculative round); they last 4, 8, ... 64 rounds, each run
-        followed by a probe of a few speculative rounds."""
+    def choose(self, context: int = 0) -> int:
+        """The budget of the next round in lookup ``context``, or PLAIN. Plain steps are judged over all
+        rounds, not per context, and need a clear margin (costs are noisy, and a wrong plain run loses more
+        than a wrong speculative round); they last 4, 8, ... 64 rounds, each run followed by a probe of a
+        few speculative rounds."""
         if self.plain_left > 0:
             self.plain_left -= 1
             if self.plain_left == 0:
                 self.probe_left = self.probe_rounds
             return PLAIN
-        best = self.best_budget()
+        best = self.best_budget(context)
         if self.probe_left > 0:
             self.probe_left -= 1
             return best
-        if self.rate(PLAIN) <= self.rate(best) * (1.0 + self.margin):
+        if self.rate(PLAIN) <= self.rate(self.best_budget()) * (1.0 + self.margin):
             self.backoff = self.first_plain
             return best
         self.plain_left = self.backoff - 1
@@ -94,9 +112,9 @@ class BudgetPolicy:
 
     # ---- learning -------------------------------------------------------------------------------------
     def observe(self, budget: int, committed: Sequence[int], cand: Sequence[Sequence[int]],
-                chain: Sequence[int] = ()) -> None:
+                chain: Sequence[int] = (), context: int = 0) -> None:
         """A speculative round of ``budget`` committed ``committed``; ``cand`` is the head's [D, K]
-        candidates of that round, ``chain`` the prompt-lookup proposal."""
+        candidates of that round, ``chain`` the prompt-lookup proposal, ``context`` its lookup context."""
         ranks = []
         for d, tok in enumerate(committed[: len(cand)]):
             row = cand[d]
@@ -108,13 +126,20 @@ class BudgetPolicy:
                     self.hits[d][r] += 1.0
         m = _match(chain, committed)
         w = max(self.alpha, 1.0 / (self.observed + 1))  # a plain mean until 1/alpha rounds, then decayed
+        wc = max(self.alpha, 1.0 / (self.observed_ctx[context] + 1))
+        ctx = self.expect_ctx[context]
         for arm in self.arms:
-            cf = 1 + max(_walk(ranks, self.paths[arm.budget]), m)
-            self.expect[arm.budget] += w * (cf - self.expect[arm.budget])
-            if arm.budget == budget:
+            b = arm.budget
+            d = _walk(ranks, self.paths[b])
+            depth = d + (self.ext[b].get(tuple(ranks[:d]), 0.0) if d == len(ranks) else 0.0)
+            cf = 1 + max(depth, m)
+            self.expect[b] += w * (cf - self.expect[b])
+            ctx[b] += wc * (cf - ctx[b])
+            if b == budget:
                 self.modelled += w * (cf - self.modelled)
         self.actual += w * (len(committed) - self.actual)
         self.observed += 1
+        self.observed_ctx[context] += 1
         if self.observed % self.refresh == 0:
             self._reshape()
 
@@ -126,6 +151,7 @@ class BudgetPolicy:
         p = [[h / s for h in row] for row, s in zip(self.hits, self.seen)]
         for arm in self.arms:
             self.paths[arm.budget] = _tree_paths(p, arm.budget, arm.depth, self.K)
+            self.ext[arm.budget] = _extensions(self.paths[arm.budget], p, self.K)
 
     def expected_tokens(self) -> dict[int, float]:
         """The model's expected tokens per round of each budget (the tree's path probabilities, plus one)."""
@@ -149,6 +175,16 @@ def _walk(ranks: Sequence[int], paths: set[tuple[int, ...]]) -> int:
     while d < len(ranks) and tuple(ranks[: d + 1]) in paths:
         d += 1
     return d
+
+
+def _extensions(paths: set[tuple[int, ...]], p: list[list[float]], topk: int) -> dict[tuple[int, ...], float]:
+    """Per node of a tree (a set of rank paths, root ``()``): the expected number of further depths
+    accepted below it under p(d, r), given that the node was reached."""
+    ext: dict[tuple[int, ...], float] = {}
+    for path in sorted(paths | {()}, key=len, reverse=True):
+        d = len(path)
+        ext[path] = sum(p[d][r] * (1.0 + ext[path + (r,)]) for r in range(topk) if path + (r,) in paths)
+    return ext
 
 
 def _tree_paths(p: list[list[float]], budget: int, depth: int, topk: int) -> set[tuple[int, ...]]:

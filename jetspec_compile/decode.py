@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .adaptive import PLAIN, Arm, BudgetPolicy
+from .adaptive import PLAIN, Arm, BudgetPolicy, lookup_context
 from .errors import JetSpecError
 from .graphs import budget_graph_name
 from .tree import build_tree
@@ -144,9 +144,11 @@ class _Lookup:
         self.chain = torch.zeros(length, dtype=torch.int64, device=device)
         self.chain_len = torch.zeros(1, dtype=torch.int64, device=device)
         self.last: list[int] = []
+        self.context = 0  # the adaptive policy's lookup context of this round's proposal
 
     def propose(self) -> tuple[Tensor, Tensor]:
-        self.last = self.index.propose(self.length)
+        matched, self.last = self.index.continuation(self.length)
+        self.context = lookup_context(matched)
         n = len(self.last)
         self.chain.zero_()
         if n:
@@ -265,11 +267,11 @@ class Decoder:
     def _plain_tree(self, anchor: Tensor) -> tuple[Tensor, ...]:
         return anchor, self._root[0], self._root[1], self._root[2]
 
-    def _draft(self, g: _ArmGraphs, anchor: Tensor, cl: Tensor, lookup: _Lookup | None):
+    def _draft(self, g: _ArmGraphs, anchor: Tensor, cl: Tensor, chain: tuple[Tensor, ...]):
+        """The round's tree (the root alone for a plain step) and the head's [D, K] candidates."""
         if g.draft is None:
             return self._plain_tree(anchor), None
-        chain = lookup.propose() if lookup and g.lookup else ()
-        tree = g.draft(anchor, cl, self.ctx_k, self.ctx_v, *chain)
+        tree = g.draft(anchor, cl, self.ctx_k, self.ctx_v, *(chain if g.lookup else ()))
         return tree[:4], (tree[5] if len(tree) > 5 else None)
 
     def calibrate(self, reps: int = 10, cache_len: int | None = None) -> dict[str, float]:
@@ -284,7 +286,7 @@ class Decoder:
                 torch.ones(1, device=self.device))
 
         def one_round(g: _ArmGraphs) -> None:
-            (tokens, parents, depth, mask), _ = self._draft(g, anchor, cl, lookup)
+            (tokens, parents, depth, mask), _ = self._draft(g, anchor, cl, lookup.propose() if lookup else ())
             args = (tokens, parents, depth, mask, cl, self.k_cache, self.v_cache)
             if g.verify is not None:
                 out = g.verify(*args)
@@ -331,14 +333,15 @@ class Decoder:
         with run:
             while not run.stopped(L + self.D_max + 1, self.S):
                 clock.start()
-                g = arms[policy.choose()] if policy else fixed
+                chain = lookup.propose() if lookup else ()  # the n-gram match, before the round is chosen
+                g = arms[policy.choose(lookup.context if lookup else 0)] if policy else fixed
                 cl = self._cache_len(L)
-                tree, cand = self._draft(g, anchor, cl, lookup)
+                tree, cand = self._draft(g, anchor, cl, chain)
                 out_tokens, length, k_rows, v_rows, ck, cv = verify(g, tree, cl)
                 a = int(length.reshape(-1)[0])  # the host sync of the round
                 committed = out_tokens[: a + 1].tolist()
                 if policy and g.draft is not None:
-                    policy.observe(g.budget, committed, cand.tolist(), lookup.last if lookup else ())
+                    policy.observe(g.budget, committed, cand.tolist(), *((lookup.last, lookup.context) if lookup else ()))
                 clock.commit(self._write, L, a + 1, k_rows, v_rows, ck, cv)
                 L += a + 1
                 anchor = out_tokens[a: a + 1].clone()

@@ -119,18 +119,22 @@ class NgramIndex:
         token k is s[e+k] for e+k < T, else proposal[k-(T-e)]), i.e. the repeating pattern of period
         T-e is extrapolated, so a run like "....." proposes ``length`` tokens rather than one.
         """
+        return self.continuation(length, periodic=periodic)[1]
+
+    def continuation(self, length: int, *, periodic: bool = False) -> tuple[int, list[int]]:
+        """(n, proposal): `propose`'s tokens with the length n of the suffix that matched (0: none)."""
         if length <= 0:
-            return []
-        _, e = self.match()
+            return 0, []
+        n, e = self.match()
         if e < 0:
-            return []
+            return 0, []
         s = self._tokens
         out = s[e:e + length]
         if periodic and len(out) < length:
             period = len(s) - e
             for k in range(len(out), length):
                 out.append(out[k - period])
-        return out
+        return n, out
 
 
 # ---- the lookup chain in the draft tree (traceable) -------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from jetspec_compile import autoregressive_generate, speculative_generate
-from jetspec_compile.adaptive import PLAIN, Arm, BudgetPolicy, _tree_paths
+from jetspec_compile.adaptive import PLAIN, Arm, BudgetPolicy, _tree_paths, lookup_context
 from jetspec_compile.tree import build_tree
 
 from test_lookup_decode import _memoryless
@@ -160,3 +160,27 @@ def test_aoti_artifact_with_budgets(tiny_models, tmp_path, inductor_cache):
             assert engine.generate(ids, 50, budget=b).tokens == ref
     eager = load(out, mode="eager")
     assert eager.generate(ids, 30).tokens == ref[:30]
+
+
+def test_policy_credits_deeper_trees_beyond_a_shallow_round():
+    """A round of a shallow budget cannot show how far a deeper tree would have gone; where every known
+    rank lies on the deeper tree's path, the model's expected further depth is added (else running the
+    small budget would make it look as good as the large one)."""
+    pol = BudgetPolicy([Arm(4, 1, 0.01), Arm(16, 4, 0.012)], 1.0, 3)
+    for _ in range(20):
+        pol.observe(4, [10, 10], [[10, 11, 12]])  # depth 1 accepted its top token (one drafted depth known)
+    assert pol.expect[4] == pytest.approx(2.0)
+    assert pol.expect[16] > 2.5  # without the credit both would be 1 + 1 known depth
+
+
+def test_policy_picks_the_budget_per_lookup_context():
+    """When the lookup chain carries the round (a long n-gram match), every budget commits the same and the
+    cheap one wins; without a match the deeper tree wins. The policy learns both, per context."""
+    pol = BudgetPolicy([Arm(4, 1, 0.010), Arm(16, 4, 0.015)], 1.0, 3)
+    cand = [[10, 11, 12]] * 4
+    chain = list(range(20, 28))
+    for _ in range(12):
+        pol.observe(16, [10] * 5, cand, (), context=0)  # the tree is accepted 4 deep
+        pol.observe(16, chain + [30], cand, chain, context=2)  # the chain is accepted whole
+    assert pol.choose(2) == 4 and pol.choose(0) == 16
+    assert lookup_context(0) == 0 and lookup_context(2) == 1 and lookup_context(4) == 2
