@@ -214,7 +214,7 @@ def eager_models(folder: Path, manifest: Manifest, weights: dict, device: torch.
 
 def _eager_graphs(folder: Path, manifest: Manifest, weights: dict, device: torch.device) -> dict:
     from jetspec_compile.graphs import build_graphs
-    from jetspec_compile.speculative import EagerGraphs
+    from jetspec_compile.eager_oracle import EagerGraphs
 
     target, head, spec = eager_models(folder, manifest, weights, device)
     depths = list(manifest.budgets.depth.values()) if manifest.budgets else []
