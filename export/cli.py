@@ -22,7 +22,8 @@ def register(sub) -> None:
     p.add_argument("--head", type=utf8_text, help="JetSpec head folder (config.json, model.safetensors)")
     p.add_argument("--synthetic", default=None, type=synthetic_name, metavar="NAME",
                    help="instead of --target/--head: a seeded random-weight target at published Qwen3 shapes "
-                        "(qwen3-0.6b, qwen3-1.7b, qwen3-8b-2layers) and a head of the paper's proportions "
+                        "(qwen3-0.6b, qwen3-1.7b, qwen3-8b-2layers, qwen3-30b-a3b-e32-1layer) and a head of the "
+                        "paper's proportions "
                         "(5 layers, 5 taps, block 16); measures cost and correctness at real shapes without a "
                         "checkpoint (tau is meaningless: the weights are random)")
     p.add_argument("--seed", type=at_least(0), default=0, help="with --synthetic: the weights' seed (default 0)")

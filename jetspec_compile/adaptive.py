@@ -46,10 +46,12 @@ class BudgetPolicy:
 
     def __init__(self, arms: Sequence[Arm], plain_cost_s: float, topk: int, *, alpha: float = 0.125,
                  decay: float = 0.97, refresh: int = 8, first_plain: int = 4, max_plain: int = 64,
-                 evidence: int = 8, probe: int = 4, margin: float = 0.1, min_context: int = 4):
-        self.arms = sorted(arms, key=lambda a: a.budget)
-        if not self.arms:
+                 evidence: int = 8, probe: int = 4, margin: float = 0.1, min_context: int = 4,
+                 plain_alpha: float = 1 / 32):
+        if not arms:
             raise ValueError("BudgetPolicy needs at least one speculative budget")
+        self.arms = smooth_costs(arms)
+        self.cost = {a.budget: a.cost_s for a in self.arms}
         self.plain_cost = plain_cost_s
         self.K = topk
         self.D = max(a.depth for a in self.arms)
@@ -63,6 +65,8 @@ class BudgetPolicy:
         self.ext: dict[int, dict[tuple[int, ...], float]] = {}  # per budget: expected depth beyond each node
         self.expect = {a.budget: 1.0 for a in self.arms}  # running mean of counterfactual tokens per round
         self.expect_ctx = [dict(self.expect) for _ in range(CONTEXTS)]  # the same, per lookup context
+        self.expect_slow = dict(self.expect)  # the same over a longer horizon: what plain steps are judged by
+        self.plain_alpha = plain_alpha
         self.observed = 0
         self.observed_ctx = [0] * CONTEXTS
         self.min_context = min_context  # rounds seen in a context before its own means are used
@@ -73,25 +77,39 @@ class BudgetPolicy:
         self._reshape()
 
     # ---- choosing -------------------------------------------------------------------------------------
-    def rate(self, budget: int, context: int | None = None) -> float:
+    def rate(self, budget: int, context: int | None = None, slow: bool = False) -> float:
         """Predicted tokens per second of ``budget`` (PLAIN: one token per plain step), in a lookup
-        ``context`` once it has been seen often enough (None: over all rounds)."""
+        ``context`` once it has been seen often enough (None: over all rounds; ``slow``: over the longer
+        horizon)."""
         if budget == PLAIN:
             return 1.0 / self.plain_cost
-        arm = next(a for a in self.arms if a.budget == budget)
-        scale = self.actual / self.modelled if self.modelled > 0 else 1.0
-        use_ctx = context is not None and self.observed_ctx[context] >= self.min_context
-        expect = self.expect_ctx[context] if use_ctx else self.expect
-        return max(1.0, expect[budget] * scale) / arm.cost_s
+        return self._rates(self._expect(context, slow))[budget]
 
-    def best_budget(self, context: int | None = None) -> int:
-        return max(self.arms, key=lambda a: self.rate(a.budget, context)).budget
+    def best_budget(self, context: int | None = None, slow: bool = False) -> int:
+        rates = self._rates(self._expect(context, slow))
+        return max(rates, key=rates.__getitem__)
+
+    def _expect(self, context: int | None, slow: bool) -> dict[int, float]:
+        if slow:
+            return self.expect_slow
+        use_ctx = context is not None and self.observed_ctx[context] >= self.min_context
+        return self.expect_ctx[context] if use_ctx else self.expect
+
+    def _rates(self, expect: dict[int, float]) -> dict[int, float]:
+        scale = self.actual / self.modelled if self.modelled > 0 else 1.0
+        return {b: max(1.0, e * scale) / self.cost[b] for b, e in expect.items()}
 
     def choose(self, context: int = 0) -> int:
-        """The budget of the next round in lookup ``context``, or PLAIN. Plain steps are judged over all
-        rounds, not per context, and need a clear margin (costs are noisy, and a wrong plain run loses more
-        than a wrong speculative round); they last 4, 8, ... 64 rounds, each run followed by a probe of a
-        few speculative rounds."""
+        """The budget of the next round in lookup ``context``, or PLAIN.
+
+        Plain steps are judged over all rounds and a longer horizon (about 32 rounds, not 8: a few hard
+        rounds inside predictable text must not stop speculation), and need a clear margin: 10 % plus
+        1/sqrt(rounds observed), since costs are noisy and a plain run sees no acceptance at all. Plain
+        runs last 4, 8, ... 64 rounds, each followed by a probe of a few speculative rounds; a long lookup
+        match (the text repeats) ends a plain run at once."""
+        if self.plain_left > 0 and context == CONTEXTS - 1:  # a long n-gram match: the text repeats
+            self.plain_left = 0
+            self.probe_left = self.probe_rounds
         if self.plain_left > 0:
             self.plain_left -= 1
             if self.plain_left == 0:
@@ -101,7 +119,8 @@ class BudgetPolicy:
         if self.probe_left > 0:
             self.probe_left -= 1
             return best
-        if self.rate(PLAIN) <= self.rate(self.best_budget()) * (1.0 + self.margin):
+        margin = self.margin + 1.0 / math.sqrt(max(self.observed, 1))  # less evidence, more margin
+        if 1.0 / self.plain_cost <= max(self._rates(self.expect_slow).values()) * (1.0 + margin):
             self.backoff = self.first_plain
             return best
         self.plain_left = self.backoff - 1
@@ -127,6 +146,7 @@ class BudgetPolicy:
         m = _match(chain, committed)
         w = max(self.alpha, 1.0 / (self.observed + 1))  # a plain mean until 1/alpha rounds, then decayed
         wc = max(self.alpha, 1.0 / (self.observed_ctx[context] + 1))
+        ws = max(self.plain_alpha, 1.0 / (self.observed + 1))
         ctx = self.expect_ctx[context]
         for arm in self.arms:
             b = arm.budget
@@ -135,6 +155,7 @@ class BudgetPolicy:
             cf = 1 + max(depth, m)
             self.expect[b] += w * (cf - self.expect[b])
             ctx[b] += wc * (cf - ctx[b])
+            self.expect_slow[b] += ws * (cf - self.expect_slow[b])
             if b == budget:
                 self.modelled += w * (cf - self.modelled)
         self.actual += w * (len(committed) - self.actual)
@@ -158,6 +179,19 @@ class BudgetPolicy:
         p = [[h / s for h in row] for row, s in zip(self.hits, self.seen)]
         return {b: 1.0 + sum(math.prod(p[d][r] for d, r in enumerate(path)) for path in paths)
                 for b, paths in self.paths.items()}
+
+
+def smooth_costs(arms: Sequence[Arm]) -> list[Arm]:
+    """The arms by budget, their costs replaced by a least-squares line over the budget (a round's cost grows
+    with its verify rows and drafted depths; calibration noise of +-10 % must not make a larger budget look
+    cheaper than a smaller one). A line that would fall is flat, at the mean."""
+    arms = sorted(arms, key=lambda a: a.budget)
+    if len(arms) < 2:
+        return arms
+    xs, ys = [a.budget for a in arms], [a.cost_s for a in arms]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = max(0.0, sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs))
+    return [Arm(a.budget, a.depth, my + slope * (a.budget - mx)) for a in arms]
 
 
 def _match(chain: Sequence[int], committed: Sequence[int]) -> int:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from jetspec_compile import autoregressive_generate, speculative_generate
-from jetspec_compile.adaptive import PLAIN, Arm, BudgetPolicy, _tree_paths, lookup_context
+from jetspec_compile.adaptive import PLAIN, Arm, BudgetPolicy, _tree_paths, lookup_context, smooth_costs
 from jetspec_compile.tree import build_tree
 
 from test_lookup_decode import _memoryless
@@ -184,3 +184,50 @@ def test_policy_picks_the_budget_per_lookup_context():
         pol.observe(16, chain + [30], cand, chain, context=2)  # the chain is accepted whole
     assert pol.choose(2) == 4 and pol.choose(0) == 16
     assert lookup_context(0) == 0 and lookup_context(2) == 1 and lookup_context(4) == 2
+
+
+def test_a_few_hard_rounds_do_not_stop_speculation():
+    """Plain steps are judged over a longer horizon than the budget choice: fifteen rounds with nothing
+    accepted, after text where speculation paid (3 tokens a round against a 2.2 break-even), keep it on
+    (the 8-round mean alone would stop at the seventh); a long hard stretch still turns it off."""
+    pol = BudgetPolicy([Arm(8, 2, 0.002)], 0.001, 3)
+    picks = []
+    for i in range(80):
+        b = pol.choose()
+        picks.append(b)
+        if b != PLAIN:
+            good = i < 40
+            pol.observe(b, [10, 10, 10] if good else [7], [[10, 11, 12]] * 2)
+    assert PLAIN not in picks[:55]
+    assert PLAIN in picks[55:]
+
+
+def test_a_long_lookup_match_ends_a_plain_run():
+    """While plain steps run, the policy sees no acceptance; a long n-gram match (the text now repeats) ends
+    the plain run at once with a probe, in a deterministic order."""
+    def picks_of(contexts) -> list[int]:
+        pol = BudgetPolicy([Arm(4, 1, 0.01)], 0.002, 3)
+        picks = []
+        for c in contexts:
+            b = pol.choose(c)
+            picks.append(b)
+            if b != PLAIN:
+                pol.observe(b, [7], [[1, 2, 3]], context=c)  # nothing accepted: plain pays
+        return picks
+
+    quiet = picks_of([0] * 12)
+    assert quiet[8:12] == [PLAIN] * 4
+    repeats = picks_of([0] * 9 + [2] * 3)
+    assert repeats[8] == PLAIN and repeats[9:12] == [4, 4, 4]
+
+
+def test_costs_are_smoothed_over_the_budget():
+    """Calibrated costs carry noise (B=8 measured below B=4 here once); the policy fits a line over the
+    budgets, which keeps a linear table as it is and never lets a larger budget look cheaper."""
+    noisy = smooth_costs([Arm(16, 4, 7.69), Arm(4, 1, 7.02), Arm(8, 2, 6.50)])
+    assert [a.budget for a in noisy] == [4, 8, 16]
+    assert noisy[0].cost_s < noisy[1].cost_s < noisy[2].cost_s
+    assert sum(a.cost_s for a in noisy) == pytest.approx(7.02 + 6.50 + 7.69)
+    linear = smooth_costs([Arm(4, 1, 6.0), Arm(8, 2, 6.5), Arm(16, 4, 7.5)])
+    assert [a.cost_s for a in linear] == pytest.approx([6.0, 6.5, 7.5])
+    assert [a.cost_s for a in smooth_costs([Arm(4, 1, 7.0), Arm(8, 2, 6.0)])] == pytest.approx([6.5, 6.5])
