@@ -128,19 +128,19 @@ def main(argv=None) -> int:
         art = out / f"{args.synthetic}-b{args.budget}"
         exp = export(args, art)
     eng = load(str(art))
-    man = eng.manifest
+    man = eng.artifact  # the typed Manifest
     wbytes = weights_file_bytes(art)
-    res = {"synthetic": (man.get("sources") or {}).get("synthetic", args.synthetic), "threads": args.threads,
-           "cache_len": args.cache_len, "max_seq_len": man["shapes"]["max_seq_len"], "topk": man["shapes"]["topk"],
+    res = {"synthetic": man.sources.get("synthetic", args.synthetic), "threads": args.threads,
+           "cache_len": args.cache_len, "max_seq_len": man.shapes.max_seq_len, "topk": man.shapes.topk,
            "weight_bytes": wbytes, "artifact_bytes": dir_bytes(art), "export": exp,
-           "graphs": len(man["graphs"]), "budgets": {}, "checks": {}}
+           "graphs": len(man.graphs), "budgets": {}, "checks": {}}
     if "peak_rss_bytes" in exp:
         res["export"]["peak_over_weights"] = exp["peak_rss_bytes"] / wbytes
-    print(f"artifact {art}: {len(man['graphs'])} graphs, weights {wbytes / 1e9:.2f} GB, "
+    print(f"artifact {art}: {len(man.graphs)} graphs, weights {wbytes / 1e9:.2f} GB, "
           f"export {exp.get('wall_s', float('nan')):.0f} s, peak {exp.get('peak_rss_bytes', 0) / 1e9:.2f} GB", flush=True)
 
     dec = eng.decoder
-    V = int(man["target"]["config"]["vocab_size"])
+    V = int(man.target.config["vocab_size"])
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(3, min(1000, V - 2), (args.cache_len + 1,), generator=gen).tolist()
     L = dec.prefill(prompt)

@@ -145,6 +145,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
+    from jetspec_compile.artifact.manifest import Manifest
     from jetspec_compile.export.pipeline import export_model
     from jetspec_compile.graphs import SpecConfig
     from jetspec_compile.synthetic import synthetic_head, synthetic_target, weight_bytes
@@ -165,6 +166,7 @@ def main(argv=None) -> int:
     manifest = export_model(target, head, SpecConfig(budget=args.budget, topk=args.topk, max_seq_len=args.max_seq_len),
                             out / "artifact", backend="aoti", sampling=False, force=True, budgets=budgets, log=s.log)
     export_s = time.perf_counter() - t0
+    manifest = Manifest.from_json(manifest)  # typed: no manifest key is spelled here
     s.mark("export ends")
     time.sleep(0.1)
     s._stop.set()
@@ -174,10 +176,10 @@ def main(argv=None) -> int:
     name = args.name or ("multi" if budgets else "single")
     res = {
         "synthetic": args.synthetic, "num_layers": target.num_layers, "budget": args.budget, "budgets": budgets,
-        "topk": args.topk, "max_seq_len": args.max_seq_len, "graphs": len(manifest["graphs"]),
+        "topk": args.topk, "max_seq_len": args.max_seq_len, "graphs": len(manifest.graphs),
         "weight_bytes": wb, "embedding_bytes": emb, "two_d_weight_bytes": two_d, "artifact_bytes": art_bytes,
         "build_s": round(t0 - t_start, 1), "export_s": round(export_s, 1), "total_s": round(time.perf_counter() - t_start, 1),
-        "manifest_export_s": manifest["export_s"], "budget_cost_ms": (manifest.get("budgets") or {}).get("cost_ms"),
+        "manifest_export_s": manifest.export_s, "budget_cost_ms": manifest.budgets.cost_ms if manifest.budgets else None,
         "peak_rss_bytes": hwm, "peak_over_weights": round(hwm / wb, 3),
         "phases": {k: {"start_over_weights": round(s.start_rss[k] / wb, 3),
                        "peak_over_weights": round(s.peaks.get(k, 0) / wb, 3),
