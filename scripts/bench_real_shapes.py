@@ -116,7 +116,6 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from bench_graphs import timed
     from jetspec_compile.runtime import load
 
     out = Path(args.out)
@@ -128,6 +127,21 @@ def main(argv=None) -> int:
         art = out / f"{args.synthetic}-b{args.budget}"
         exp = export(args, art)
     eng = load(str(art))
+    res = _summary(args, eng, art, exp)
+    st = _State(eng, args.cache_len)
+    lat, ar = _latencies(st, args.iters, res)
+    _host_and_lossless(st, eng, lat, ar, args.gen_tokens, res)
+    (out / "real_shapes.json").write_text(json.dumps(res, indent=2, default=str))
+    if not args.no_eager:
+        res["checks"]["compiled_equals_eager"] = _compiled_vs_eager(st, eng, art, args)
+    (out / "real_shapes.json").write_text(json.dumps(res, indent=2, default=str))
+    md = render_md(res)
+    (out / "real_shapes.md").write_text(md)
+    print(md)
+    return 0
+
+
+def _summary(args, eng, art: Path, exp: dict) -> dict:
     man = eng.artifact  # the typed Manifest
     wbytes = weights_file_bytes(art)
     res = {"synthetic": man.sources.get("synthetic", args.synthetic), "threads": args.threads,
@@ -138,52 +152,67 @@ def main(argv=None) -> int:
         res["export"]["peak_over_weights"] = exp["peak_rss_bytes"] / wbytes
     print(f"artifact {art}: {len(man.graphs)} graphs, weights {wbytes / 1e9:.2f} GB, "
           f"export {exp.get('wall_s', float('nan')):.0f} s, peak {exp.get('peak_rss_bytes', 0) / 1e9:.2f} GB", flush=True)
+    return res
 
-    dec = eng.decoder
-    V = int(man.target.config["vocab_size"])
-    gen = torch.Generator().manual_seed(0)
-    prompt = torch.randint(3, min(1000, V - 2), (args.cache_len + 1,), generator=gen).tolist()
-    L = dec.prefill(prompt)
-    cl = dec._cache_len(L)
-    anchor = torch.tensor([prompt[-1]])
-    g = dec.graphs
-    spec_budgets = [b for b in dec.budgets if b != 1]
-    from jetspec_compile.decode import _Lookup
 
-    lookup = _Lookup(prompt, dec.L, dec.device) if dec.L else None   # artifacts with a prompt-lookup chain
+class _State:
+    """One decoder state every measurement starts from: a random prompt of ``cache_len`` tokens prefilled."""
 
-    def draft(d, arm):
-        return d._draft(arm, anchor, cl, lookup)[0]    # (tokens, parents, depth, mask)
+    def __init__(self, eng, cache_len: int):
+        import torch
+        from jetspec_compile.decode import _Lookup
 
-    # ---- latency of each graph (isolated, same state) ---------------------------------------------------
+        dec = self.dec = eng.decoder
+        V = int(eng.artifact.target.config["vocab_size"])
+        gen = torch.Generator().manual_seed(0)
+        self.prompt = torch.randint(3, min(1000, V - 2), (cache_len + 1,), generator=gen).tolist()
+        self.cl = dec._cache_len(dec.prefill(self.prompt))
+        self.anchor = torch.tensor([self.prompt[-1]])
+        self.spec_budgets = [b for b in dec.budgets if b != 1]
+        # artifacts with a prompt-lookup chain: the chain proposed from the prompt
+        self.lookup = _Lookup(self.prompt, dec.L, dec.device) if dec.L else None
+
+    def draft(self, d, arm):
+        chain = self.lookup.propose() if self.lookup else ()
+        return d._draft(arm, self.anchor, self.cl, chain)[0]  # (tokens, parents, depth, mask)
+
+
+def _latencies(st: _State, iters: int, res: dict) -> tuple[dict, dict]:
+    """Each graph timed in isolation from the same state: ar_step, each budget's draft and verify, the plain step."""
+    from bench_graphs import timed
+
+    dec, cl, anchor = st.dec, st.cl, st.anchor
     gc.collect()
     gc.disable()
-    ar = timed(lambda: g["ar_step"](anchor, cl, dec.k_cache, dec.v_cache), args.iters)
+    ar = timed(lambda: dec.graphs["ar_step"](anchor, cl, dec.k_cache, dec.v_cache), iters)
     lat = {}
-    for b in spec_budgets:
+    for b in st.spec_budgets:
         arm = dec._arm_graphs(b)
-        tree = draft(dec, arm)
+        tree = st.draft(dec, arm)
         lat[b] = {"depth": arm.depth,
-                  "draft": timed(lambda: draft(dec, arm), args.iters),
-                  "verify": timed(lambda: arm.verify(*tree, cl, dec.k_cache, dec.v_cache), args.iters)}
+                  "draft": timed(lambda: st.draft(dec, arm), iters),
+                  "verify": timed(lambda: arm.verify(*tree, cl, dec.k_cache, dec.v_cache), iters)}
         print(f"B={b}: draft {lat[b]['draft']['median_ms']:.1f} ms, verify {lat[b]['verify']['median_ms']:.1f} ms, "
               f"ar_step {ar['median_ms']:.1f} ms", flush=True)
     if 1 in dec.budgets:
         plain = dec._arm_graphs(1)
         root = dec._plain_tree(anchor)
-        res["plain_verify_b1"] = timed(lambda: plain.verify(*root, cl, dec.k_cache, dec.v_cache), args.iters)
+        res["plain_verify_b1"] = timed(lambda: plain.verify(*root, cl, dec.k_cache, dec.v_cache), iters)
     gc.enable()
     res["ar_step"] = ar
+    return lat, ar
 
-    # ---- host share + greedy speculative == ar_step ---------------------------------------------------
-    short = prompt[:64]
-    ref = eng.generate(short, args.gen_tokens, speculative=False)
+
+def _host_and_lossless(st: _State, eng, lat: dict, ar: dict, gen_tokens: int, res: dict) -> None:
+    """Per budget: the host share of a real decode, break-even and projected tau, greedy == ar_step."""
+    short = st.prompt[:64]
+    ref = eng.generate(short, gen_tokens, speculative=False)
     res["checks"]["ar_tokens"] = ref.tokens
     lossless = {}
-    for b in spec_budgets:
-        r = eng.generate(short, args.gen_tokens, budget=b)
+    a = ar["median_ms"]
+    for b in st.spec_budgets:
+        r = eng.generate(short, gen_tokens, budget=b)
         lossless[b] = r.tokens == ref.tokens
-        a = ar["median_ms"]
         hs = host_share(r.stats)
         d, v = lat[b]["draft"]["median_ms"], lat[b]["verify"]["median_ms"]
         row = dict(lat[b], host=hs, verify_over_ar=v / a, draft_over_ar=d / a,
@@ -195,63 +224,67 @@ def main(argv=None) -> int:
         res["budgets"][b] = row
         print(f"B={b}: host share {hs['host_share']:.4f} ({hs['outside_graphs_ms']:.2f} ms/round), "
               f"break-even tau {row['break_even_tau']:.2f}, greedy == ar_step: {lossless[b]}", flush=True)
-    full = max(spec_budgets, key=lambda b: lat[b]["depth"])  # the deepest draft (D = 15 at B = 64, K = 4)
+    full = max(st.spec_budgets, key=lambda b: lat[b]["depth"])  # the deepest draft (D = 15 at B = 64, K = 4)
     res["full_depth_draft"] = {"budget": full, "depth": lat[full]["depth"],
                                "draft_ms": lat[full]["draft"]["median_ms"]}
     for b, row in res["budgets"].items():
         if "paper_tau" in row:
             be = (res["full_depth_draft"]["draft_ms"] + lat[b]["verify"]["median_ms"]
-                  + row["host"]["outside_graphs_ms"]) / ar["median_ms"]
+                  + row["host"]["outside_graphs_ms"]) / a
             row["break_even_tau_full_depth_draft"] = be
             row["projected_speedup_full_depth_draft"] = row["paper_tau"] / be
     res["checks"]["greedy_speculative_equals_ar_step"] = {str(b): ok for b, ok in lossless.items()}
-    (out / "real_shapes.json").write_text(json.dumps(res, indent=2, default=str))
 
-    # ---- compiled == eager ----------------------------------------------------------------------------
-    if not args.no_eager:
-        t0 = time.perf_counter()
-        eager = load(str(art), mode="eager")
-        eg = eager.decoder
-        ce = {"load_s": time.perf_counter() - t0, "graphs": {}}
-        with torch.no_grad():
-            c_ar, e_ar = g["ar_step"](anchor, cl, dec.k_cache, dec.v_cache), eg.graphs["ar_step"](anchor, cl, dec.k_cache, dec.v_cache)
-            ce["graphs"]["ar_step"] = {"token_equal": bool(torch.equal(c_ar[0], e_ar[0])),
-                                       "logits_max_abs": max_abs(c_ar[1], e_ar[1]),
-                                       "kv_max_abs": max(max_abs(c_ar[2], e_ar[2]), max_abs(c_ar[3], e_ar[3]))}
-            for b in spec_budgets:
-                ca, ea = dec._arm_graphs(b), eg._arm_graphs(b)
-                ct, et = draft(dec, ca), draft(dec, ea)   # eager graphs on the compiled decoder's caches
-                tree_equal = all(torch.equal(x, y) for x, y in zip(ct, et))
-                cv = ca.verify(*ct, cl, dec.k_cache, dec.v_cache)
-                ev = ea.verify(*ct, cl, dec.k_cache, dec.v_cache)   # the same tree into both verifies
-                n = int(cv[1].reshape(-1)[0]) + 1
-                ce["graphs"][f"B={b}"] = {
-                    "tree_equal": tree_equal,
-                    # the a+1 committed tokens and a (the eager graphs draft the head's whole block, so their
-                    # padded outputs are longer: D+1 = 16 rows; only the committed prefix is compared)
-                    "verify_tokens_equal": bool(torch.equal(cv[1], ev[1]) and torch.equal(cv[0][:n], ev[0][:n])),
-                    "committed": n,
-                    "verify_rows_max_abs": max(max_abs(cv[i][:, :, :n], ev[i][:, :, :n]) for i in (2, 3, 4, 5))}
-        rounds = {}
-        for b in (args.budget,):
-            c = eng.generate(short, args.gen_tokens // 2, budget=b)
-            e = eager.generate(short, args.gen_tokens // 2, budget=b)
-            rounds[str(b)] = {"tokens_equal": c.tokens == e.tokens, "accepted_equal": c.stats.accepted == e.stats.accepted,
-                              "rounds": c.stats.rounds}
-        ce["decode"] = rounds
-        ce["all_equal"] = (all(v.get("tree_equal", True) and v.get("verify_tokens_equal", True)
-                               and v.get("token_equal", True) for v in ce["graphs"].values())
-                           and all(r["tokens_equal"] and r["accepted_equal"] for r in rounds.values()))
-        res["checks"]["compiled_equals_eager"] = ce
-        print(f"compiled == eager: {ce['all_equal']} ({json.dumps(ce['graphs'])}; decode {rounds})", flush=True)
-        del eager, eg
-        gc.collect()
 
-    (out / "real_shapes.json").write_text(json.dumps(res, indent=2, default=str))
-    md = render_md(res)
-    (out / "real_shapes.md").write_text(md)
-    print(md)
-    return 0
+def _compiled_vs_eager(st: _State, eng, art: Path, args) -> dict:
+    """The compiled graphs against the eager ones from the same state, and a short decode of both."""
+    import torch
+    from jetspec_compile.runtime import load
+
+    t0 = time.perf_counter()
+    eager = load(str(art), mode="eager")
+    dec, eg, cl, anchor = st.dec, eager.decoder, st.cl, st.anchor
+    ce = {"load_s": time.perf_counter() - t0, "graphs": {}}
+    with torch.no_grad():
+        c_ar = dec.graphs["ar_step"](anchor, cl, dec.k_cache, dec.v_cache)
+        e_ar = eg.graphs["ar_step"](anchor, cl, dec.k_cache, dec.v_cache)
+        ce["graphs"]["ar_step"] = {"token_equal": bool(torch.equal(c_ar[0], e_ar[0])),
+                                   "logits_max_abs": max_abs(c_ar[1], e_ar[1]),
+                                   "kv_max_abs": max(max_abs(c_ar[2], e_ar[2]), max_abs(c_ar[3], e_ar[3]))}
+        for b in st.spec_budgets:
+            ce["graphs"][f"B={b}"] = _compare_round(st, dec._arm_graphs(b), eg._arm_graphs(b))
+    short = st.prompt[:64]
+    rounds = {}
+    for b in (args.budget,):
+        c = eng.generate(short, args.gen_tokens // 2, budget=b)
+        e = eager.generate(short, args.gen_tokens // 2, budget=b)
+        rounds[str(b)] = {"tokens_equal": c.tokens == e.tokens, "accepted_equal": c.stats.accepted == e.stats.accepted,
+                          "rounds": c.stats.rounds}
+    ce["decode"] = rounds
+    ce["all_equal"] = (all(v.get("tree_equal", True) and v.get("verify_tokens_equal", True)
+                           and v.get("token_equal", True) for v in ce["graphs"].values())
+                       and all(r["tokens_equal"] and r["accepted_equal"] for r in rounds.values()))
+    print(f"compiled == eager: {ce['all_equal']} ({json.dumps(ce['graphs'])}; decode {rounds})", flush=True)
+    del eager, eg
+    gc.collect()
+    return ce
+
+
+def _compare_round(st: _State, ca, ea) -> dict:
+    """One budget's compiled and eager draft, then the same tree into both verifies (compiled caches)."""
+    import torch
+
+    dec, cl = st.dec, st.cl
+    ct, et = st.draft(dec, ca), st.draft(dec, ea)  # eager graphs on the compiled decoder's caches
+    cv = ca.verify(*ct, cl, dec.k_cache, dec.v_cache)
+    ev = ea.verify(*ct, cl, dec.k_cache, dec.v_cache)
+    n = int(cv[1].reshape(-1)[0]) + 1
+    return {"tree_equal": all(torch.equal(x, y) for x, y in zip(ct, et)),
+            # the a+1 committed tokens and a (the eager graphs draft the head's whole block, so their padded
+            # outputs are longer: D+1 = 16 rows; only the committed prefix is compared)
+            "verify_tokens_equal": bool(torch.equal(cv[1], ev[1]) and torch.equal(cv[0][:n], ev[0][:n])),
+            "committed": n,
+            "verify_rows_max_abs": max(max_abs(cv[i][:, :, :n], ev[i][:, :, :n]) for i in (2, 3, 4, 5))}
 
 
 def render_md(res: dict) -> str:
