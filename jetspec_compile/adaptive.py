@@ -1,5 +1,5 @@
-"""Adaptive speculation: each round, pick the compiled tree budget that promises the most tokens per second,
-or plain steps while speculation does not pay.
+"""Adaptive speculation: each round, pick what promises the most tokens per second: a compiled tree budget,
+the prompt-lookup chain alone (no draft), or a plain step.
 
 The model. After every speculative round the committed tokens are the target's own tokens at depths
 1..a+1, so the rank of each among the head's candidates at that depth is known (K when absent). Decayed
@@ -9,11 +9,15 @@ expansions of K children, as the dynamic tree builder makes them) and scores eac
 how many tokens that tree (or the prompt-lookup chain, whichever matched longer) would have committed.
 Where the executed round was too shallow to show how far a deeper tree would have gone (every known rank on
 that tree's path), the model adds that node's expected further depth, so small budgets do not look better
-than they are merely because they were the ones run. A running mean of these per budget, divided by the
-budget's measured round cost, is compared with one plain step per plain-step cost. The means are also kept
-per lookup context (no n-gram match, a 1-2 token match, a longer one; known before the round is chosen), so
-a round whose lookup chain will likely carry it runs a small tree, and one without a match a larger tree. The choice depends only on tokens and the calibrated costs, so it is
-deterministic; it only chooses which exact graphs run, so decoding stays lossless.
+than they are merely because they were the ones run. The chain arm (the lookup chain verified alone, no
+draft) scores 1 + the chain's matched length, known in every round that verified the chain.
+
+Running means of these, per lookup context (no n-gram match, a 1-2 token match, a longer one; known before
+the round is chosen), divided by each arm's measured round cost, are compared with one plain step per
+plain-step cost, in the round's context: text the lookup chain carries runs the chain alone, new text the
+head cannot predict runs plain steps. An arm not run in a context for a while is run once (explore), so its
+means stay current. The choice depends only on tokens and the calibrated costs, so it is deterministic; it
+only chooses which exact graphs run, so decoding stays lossless.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 PLAIN = 1  # the plain arm: a root-only "tree" verified alone
+CHAIN = 0  # the chain arm: the prompt-lookup chain alone under the root, verified without drafting
 CONTEXTS = 3  # lookup contexts: 0 no n-gram match (or no lookup), 1 a 1-2 token match, 2 a longer one
 
 
@@ -42,98 +47,118 @@ class Arm:
 
 
 class BudgetPolicy:
-    """Per-round choice among ``arms`` (speculative budgets) and plain steps costing ``plain_cost_s``."""
+    """Per-round choice among ``arms`` (speculative budgets), the chain alone (``chain_cost_s``; None: no chain
+    arm) and plain steps costing ``plain_cost_s``."""
 
-    def __init__(self, arms: Sequence[Arm], plain_cost_s: float, topk: int, *, alpha: float = 0.125,
-                 decay: float = 0.97, refresh: int = 8, first_plain: int = 4, max_plain: int = 64,
-                 evidence: int = 8, probe: int = 4, margin: float = 0.1, min_context: int = 4,
-                 plain_alpha: float = 1 / 32):
+    def __init__(self, arms: Sequence[Arm], plain_cost_s: float, topk: int, *, chain_cost_s: float | None = None,
+                 alpha: float = 0.125, decay: float = 0.97, refresh: int = 8, evidence: int = 4,
+                 explore: int = 16, margin: float = 0.1, min_context: int = 4):
         if not arms:
             raise ValueError("BudgetPolicy needs at least one speculative budget")
         self.arms = smooth_costs(arms)
         self.cost = {a.budget: a.cost_s for a in self.arms}
+        if chain_cost_s is not None:
+            self.cost[CHAIN] = chain_cost_s
         self.plain_cost = plain_cost_s
         self.K = topk
         self.D = max(a.depth for a in self.arms)
         self.alpha, self.decay, self.refresh = alpha, decay, refresh
-        self.first_plain, self.max_plain = first_plain, max_plain
-        self.probe_rounds, self.margin = probe, margin
+        self.explore, self.margin, self.min_context = explore, margin, min_context
         # decayed rank counts with a weak prior: rank 0 hits 40 %, the others 5 % each
         self.seen = [4.0] * self.D
         self.hits = [[1.6] + [0.2] * (topk - 1) for _ in range(self.D)]
         self.paths: dict[int, set[tuple[int, ...]]] = {}
         self.ext: dict[int, dict[tuple[int, ...], float]] = {}  # per budget: expected depth beyond each node
-        self.expect = {a.budget: 1.0 for a in self.arms}  # running mean of counterfactual tokens per round
-        self.expect_ctx = [dict(self.expect) for _ in range(CONTEXTS)]  # the same, per lookup context
-        self.expect_slow = dict(self.expect)  # the same over a longer horizon: what plain steps are judged by
-        self.plain_alpha = plain_alpha
-        self.observed = 0
-        self.observed_ctx = [0] * CONTEXTS
-        self.min_context = min_context  # rounds seen in a context before its own means are used
+        # running means of counterfactual tokens per round, per arm: over all rounds and per lookup context,
+        # with the rounds each arm was observed in
+        self.expect = {b: 1.0 for b in self.cost}
+        self.expect_ctx = [dict(self.expect) for _ in range(CONTEXTS)]
+        self.n = dict.fromkeys(self.cost, 0)
+        self.n_ctx = [dict(self.n) for _ in range(CONTEXTS)]
+        self.observed = 0  # speculative (head) rounds observed
         self.actual = self.modelled = 1.0  # running means of committed vs modelled tokens of the executed arm
-        self.plain_left = 0
-        self.backoff = first_plain
-        self.probe_left = evidence  # speculative rounds before judging: the first ones, then after each plain run
+        self.probe_left = evidence  # the first rounds run the head's trees, to learn acceptance
+        self.since_head = [0] * CONTEXTS  # rounds per context since one ran the head's tree
         self._reshape()
 
     # ---- choosing -------------------------------------------------------------------------------------
-    def rate(self, budget: int, context: int | None = None, slow: bool = False) -> float:
-        """Predicted tokens per second of ``budget`` (PLAIN: one token per plain step), in a lookup
-        ``context`` once it has been seen often enough (None: over all rounds; ``slow``: over the longer
-        horizon)."""
-        if budget == PLAIN:
+    def rate(self, arm: int, context: int | None = None) -> float:
+        """Predicted tokens per second of ``arm`` (a budget, CHAIN or PLAIN), in a lookup ``context`` once
+        the arm has been seen there often enough (None: over all rounds)."""
+        if arm == PLAIN:
             return 1.0 / self.plain_cost
-        return self._rates(self._expect(context, slow))[budget]
+        return self._rates(context)[arm]
 
-    def best_budget(self, context: int | None = None, slow: bool = False) -> int:
-        rates = self._rates(self._expect(context, slow))
-        return max(rates, key=rates.__getitem__)
+    def best_budget(self, context: int | None = None) -> int:
+        """The speculative budget (the head's tree) with the highest predicted rate."""
+        rates = self._rates(context)
+        return max((b for b in rates if b != CHAIN), key=rates.__getitem__)
 
-    def _expect(self, context: int | None, slow: bool) -> dict[int, float]:
-        if slow:
-            return self.expect_slow
-        use_ctx = context is not None and self.observed_ctx[context] >= self.min_context
-        return self.expect_ctx[context] if use_ctx else self.expect
-
-    def _rates(self, expect: dict[int, float]) -> dict[int, float]:
+    def _rates(self, context: int | None) -> dict[int, float]:
+        ctx = self.expect_ctx[context] if context is not None else None
         scale = self.actual / self.modelled if self.modelled > 0 else 1.0
-        return {b: max(1.0, e * scale) / self.cost[b] for b, e in expect.items()}
+        out = {}
+        for b, cost in self.cost.items():
+            use_ctx = ctx is not None and self.n_ctx[context][b] >= self.min_context
+            e = ctx[b] if use_ctx else self.expect[b]
+            out[b] = max(1.0, e if b == CHAIN else e * scale) / cost
+        return out
 
     def choose(self, context: int = 0) -> int:
-        """The budget of the next round in lookup ``context``, or PLAIN.
+        """The arm of the next round in lookup ``context``: a budget, CHAIN or PLAIN.
 
-        Plain steps are judged over all rounds and a longer horizon (about 32 rounds, not 8: a few hard
-        rounds inside predictable text must not stop speculation), and need a clear margin: 10 % plus
-        1/sqrt(rounds observed), since costs are noisy and a plain run sees no acceptance at all. Plain
-        runs last 4, 8, ... 64 rounds, each followed by a probe of a few speculative rounds; a long lookup
-        match (the text repeats) ends a plain run at once."""
-        if self.plain_left > 0 and context == CONTEXTS - 1:  # a long n-gram match: the text repeats
-            self.plain_left = 0
-            self.probe_left = self.probe_rounds
-        if self.plain_left > 0:
-            self.plain_left -= 1
-            if self.plain_left == 0:
-                self.probe_left = self.probe_rounds
-            return PLAIN
-        best = self.best_budget(context)
-        if self.probe_left > 0:
-            self.probe_left -= 1
-            return best
-        margin = self.margin + 1.0 / math.sqrt(max(self.observed, 1))  # less evidence, more margin
-        if 1.0 / self.plain_cost <= max(self._rates(self.expect_slow).values()) * (1.0 + margin):
-            self.backoff = self.first_plain
-            return best
-        self.plain_left = self.backoff - 1
-        self.backoff = min(2 * self.backoff, self.max_plain)
-        if self.plain_left == 0:
-            self.probe_left = self.probe_rounds
-        return PLAIN
+        The head's best tree runs for the first rounds, and once per ``explore`` rounds of a context in which
+        something else ran. Otherwise the fastest arm by predicted rate, where a plain step needs a clear margin
+        (10 % plus 1/sqrt(rounds seen in the context): costs are noisy, and a plain step sees no acceptance)."""
+        if self.probe_left > 0 or self.since_head[context] >= self.explore:
+            self.probe_left = max(0, self.probe_left - 1)
+            self.since_head[context] = 0
+            return self.best_budget(context)
+        rates = self._rates(context)
+        best = max(rates, key=rates.__getitem__)
+        seen = self.n_ctx[context][best]
+        margin = self.margin + 1.0 / math.sqrt(max(seen, 1))  # less evidence, more margin
+        if 1.0 / self.plain_cost > rates[best] * (1.0 + margin):
+            best = PLAIN
+        self.since_head[context] = 0 if best not in (PLAIN, CHAIN) else self.since_head[context] + 1
+        return best
 
     # ---- learning -------------------------------------------------------------------------------------
-    def observe(self, budget: int, committed: Sequence[int], cand: Sequence[Sequence[int]],
+    def observe(self, budget: int, committed: Sequence[int], cand: Sequence[Sequence[int]] | None,
                 chain: Sequence[int] = (), context: int = 0) -> None:
-        """A speculative round of ``budget`` committed ``committed``; ``cand`` is the head's [D, K]
-        candidates of that round, ``chain`` the prompt-lookup proposal, ``context`` its lookup context."""
+        """A round of ``budget`` (CHAIN: the chain alone, ``cand`` None) committed ``committed``; ``cand`` is
+        the head's [D, K] candidates of that round, ``chain`` the prompt-lookup proposal, ``context`` its
+        lookup context."""
+        m = _match(chain, committed)
+        if CHAIN in self.cost:
+            self._update(CHAIN, context, 1 + m)
+        if budget == CHAIN:
+            return
+        ranks = self._ranks(committed, cand)
+        w = max(self.alpha, 1.0 / (self.observed + 1))  # a plain mean until 1/alpha rounds, then decayed
+        for arm in self.arms:
+            b = arm.budget
+            d = _walk(ranks, self.paths[b])
+            depth = d + (self.ext[b].get(tuple(ranks[:d]), 0.0) if d == len(ranks) else 0.0)
+            cf = 1 + max(depth, m)
+            self._update(b, context, cf)
+            if b == budget:
+                self.modelled += w * (cf - self.modelled)
+        self.actual += w * (len(committed) - self.actual)
+        self.observed += 1
+        if self.observed % self.refresh == 0:
+            self._reshape()
+
+    def _update(self, b: int, context: int, cf: float) -> None:
+        """Fold one counterfactual round of arm ``b`` into its means (a plain mean until 1/alpha rounds)."""
+        ctx, n_ctx = self.expect_ctx[context], self.n_ctx[context]
+        self.expect[b] += max(self.alpha, 1.0 / (self.n[b] + 1)) * (cf - self.expect[b])
+        ctx[b] += max(self.alpha, 1.0 / (n_ctx[b] + 1)) * (cf - ctx[b])
+        self.n[b] += 1
+        n_ctx[b] += 1
+
+    def _ranks(self, committed: Sequence[int], cand: Sequence[Sequence[int]]) -> list[int]:
+        """The rank of each committed token among the head's candidates at its depth (K: absent), counted."""
         ranks = []
         for d, tok in enumerate(committed[: len(cand)]):
             row = cand[d]
@@ -143,26 +168,7 @@ class BudgetPolicy:
                 self.seen[d] += 1.0
                 if r < self.K:
                     self.hits[d][r] += 1.0
-        m = _match(chain, committed)
-        w = max(self.alpha, 1.0 / (self.observed + 1))  # a plain mean until 1/alpha rounds, then decayed
-        wc = max(self.alpha, 1.0 / (self.observed_ctx[context] + 1))
-        ws = max(self.plain_alpha, 1.0 / (self.observed + 1))
-        ctx = self.expect_ctx[context]
-        for arm in self.arms:
-            b = arm.budget
-            d = _walk(ranks, self.paths[b])
-            depth = d + (self.ext[b].get(tuple(ranks[:d]), 0.0) if d == len(ranks) else 0.0)
-            cf = 1 + max(depth, m)
-            self.expect[b] += w * (cf - self.expect[b])
-            ctx[b] += wc * (cf - ctx[b])
-            self.expect_slow[b] += ws * (cf - self.expect_slow[b])
-            if b == budget:
-                self.modelled += w * (cf - self.modelled)
-        self.actual += w * (len(committed) - self.actual)
-        self.observed += 1
-        self.observed_ctx[context] += 1
-        if self.observed % self.refresh == 0:
-            self._reshape()
+        return ranks
 
     def _reshape(self) -> None:
         """Decay the counts and recompute every budget's tree shape under the current p(d, r)."""

@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .adaptive import PLAIN, Arm, BudgetPolicy, lookup_context
+from .adaptive import CHAIN, PLAIN, Arm, BudgetPolicy, lookup_context
 from .errors import JetSpecError
 from .graphs import budget_graph_name
 from .tree import build_tree
@@ -133,16 +133,49 @@ class Stats:
         return d
 
 
+def arm_key(budget: int) -> str:
+    """An arm's key in calibrated costs: the budget as a string, or "chain" for the chain alone."""
+    return "chain" if budget == CHAIN else str(budget)
+
+
 @dataclass(frozen=True)
 class _ArmGraphs:
-    """The graphs one budget runs: draft (None for a plain step), verify, verify_sample."""
+    """The graphs one arm runs: draft (None for a plain step and the chain alone), verify, verify_sample."""
 
-    budget: int
+    budget: int  # nodes of the head's tree (CHAIN: the chain alone, PLAIN: the root alone)
     depth: int  # tokens a round can accept
     draft: Callable | None
     verify: Callable | None
     verify_sample: Callable | None
     lookup: int  # lookup chain nodes verified with the tree
+    nodes: int  # nodes the verify graph takes
+
+
+class _ChainTrees:
+    """Trees of the lookup chain alone under the root, in a verify graph of ``pad`` + L nodes: the layout
+    ``attach_chain`` gives a root-only tree of ``pad`` nodes (nodes 1..pad-1 and the unused chain nodes are
+    padding, never accepted). Parents, depth and mask are built once per chain length; a round adds tokens."""
+
+    def __init__(self, pad: int, length: int, device: torch.device):
+        N = pad + length
+        self.pad = torch.zeros(pad - 1, dtype=torch.int64, device=device)
+        self.shapes = []
+        for n in range(length + 1):
+            parents = torch.full((N,), -1, dtype=torch.int64)
+            depth = torch.zeros(N, dtype=torch.int64)
+            mask = torch.zeros(N, N, dtype=torch.bool)
+            mask[0, 0] = True
+            for i in range(n):
+                j = pad + i
+                parents[j] = 0 if i == 0 else j - 1
+                depth[j] = i + 1
+                mask[j, 0] = True
+                mask[j, pad:j + 1] = True
+            self.shapes.append(tuple(t.to(device) for t in (parents, depth, mask)))
+
+    def __call__(self, anchor: Tensor, chain: Tensor, n: int) -> tuple[Tensor, ...]:
+        """(tokens, parents, depth, mask) of the chain's first ``n`` tokens (the rest of ``chain`` is zero)."""
+        return (torch.cat([anchor, self.pad, chain]), *self.shapes[n])
 
 
 class _Lookup:
@@ -214,6 +247,7 @@ class Decoder:
         root = build_tree(torch.zeros(1, dtype=torch.int64), torch.zeros(1, 1, dtype=torch.int64),
                           torch.zeros(1, 1), 1)
         self._root = (root.parents.to(self.device), root.depth.to(self.device), root.mask.to(self.device))
+        self._chain_trees: _ChainTrees | None = None  # built on the chain arm's first round
 
     # ---- pieces --------------------------------------------------------------------------------------
     def _cache_len(self, n: int) -> Tensor:
@@ -253,43 +287,70 @@ class Decoder:
 
     # ---- budgets -------------------------------------------------------------------------------------
     def _arm_graphs(self, b: int) -> _ArmGraphs:
-        """The graphs of budget ``b``: the artifact's own (b = B), one compiled for another budget, or the
-        plain step (b = 1: the root alone, no draft, no lookup chain)."""
-        if b == self.B:
-            return _ArmGraphs(b, self.D, self.graphs["draft"], self.graphs.get("verify"),
-                              self.graphs.get("verify_sample"), self.L)
-        if b not in self.arms:
+        """The graphs of arm ``b``: the artifact's own budget (b = B), one compiled for another budget, the
+        plain step (b = 1: the root alone, no draft, no lookup chain), or the chain alone (b = CHAIN: no draft,
+        the smallest budget's verify graphs)."""
+        def graph(base: str, budget: int) -> Callable | None:
+            return self.graphs.get(base if budget == self.B else budget_graph_name(base, budget))
+
+        if b == CHAIN:
+            host = self.chain_host
+            if host is None:
+                raise JetSpecError("the chain arm needs a lookup chain (export --lookup) and several budgets")
+            return _ArmGraphs(CHAIN, self.L, None, graph("verify", host), graph("verify_sample", host), self.L,
+                              host + self.L)
+        if b != self.B and b not in self.arms:
             raise JetSpecError(f"budget {b} is not compiled in this model; expected one of {self.budgets}")
-        name = lambda base: budget_graph_name(base, b)  # noqa: E731
-        depth = max(self.arms[b].depth, self.L) if b != PLAIN else 1  # (plain: root + bonus rows)
-        return _ArmGraphs(b, depth, self.graphs.get(name("draft")), self.graphs.get(name("verify")),
-                          self.graphs.get(name("verify_sample")), self.L if b != PLAIN else 0)
+        if b == PLAIN:  # (depth 1: root + bonus rows)
+            return _ArmGraphs(b, 1, None, graph("verify", b), graph("verify_sample", b), 0, 1)
+        depth = self.D if b == self.B else max(self.arms[b].depth, self.L)
+        return _ArmGraphs(b, depth, graph("draft", b), graph("verify", b), graph("verify_sample", b), self.L,
+                          b + self.L)
 
     @property
     def budgets(self) -> list[int]:
-        """Every budget this decoder can run (1 = plain steps)."""
-        return sorted({self.B, *self.arms})
+        """Every budget this decoder can run (1 = plain steps; not the chain arm)."""
+        return sorted({self.B, *self.arms} - {CHAIN})
+
+    @property
+    def fixed_arms(self) -> list[int]:
+        """What a fixed-budget run can run: every budget, and CHAIN (0) where the chain alone can run."""
+        return ([CHAIN] if self.chain_host is not None else []) + self.budgets
+
+    @property
+    def chain_host(self) -> int | None:
+        """The budget whose verify graphs the chain arm runs (the smallest speculative one), if it can run."""
+        spec = [b for b in self.budgets if b != PLAIN]
+        return min(spec) if self.L and len(self.budgets) > 1 and spec else None
 
     def policy(self, budget: int | None) -> BudgetPolicy | None:
         """The adaptive policy (``budget=None`` with several compiled budgets), else None (fixed budget)."""
-        spec = [a for b, a in self.arms.items() if b != PLAIN]
+        spec = [a for b, a in self.arms.items() if b not in (PLAIN, CHAIN)]
         if budget is not None or PLAIN not in self.arms or not spec:
             return None
-        return BudgetPolicy(spec, self.arms[PLAIN].cost_s, self.K)
+        chain = self.arms.get(CHAIN)
+        return BudgetPolicy(spec, self.arms[PLAIN].cost_s, self.K,
+                            chain_cost_s=chain.cost_s if chain and self.chain_host else None)
 
     def _plain_tree(self, anchor: Tensor) -> tuple[Tensor, ...]:
         return anchor, self._root[0], self._root[1], self._root[2]
 
-    def _draft(self, g: _ArmGraphs, anchor: Tensor, cl: Tensor, chain: tuple[Tensor, ...]):
-        """The round's tree (the root alone for a plain step) and the head's [D, K] candidates."""
+    def _draft(self, g: _ArmGraphs, anchor: Tensor, cl: Tensor, lookup: "_Lookup | None"):
+        """The round's tree (the root alone for a plain step, the lookup chain alone for the chain arm) and
+        the head's [D, K] candidates (None without a draft). ``lookup`` has proposed this round's chain."""
         if g.draft is None:
-            return self._plain_tree(anchor), None
-        tree = g.draft(anchor, cl, self.ctx_k, self.ctx_v, *(chain if g.lookup else ()))
+            if g.budget != CHAIN:
+                return self._plain_tree(anchor), None
+            if self._chain_trees is None:
+                self._chain_trees = _ChainTrees(self.chain_host, self.L, self.device)
+            return self._chain_trees(anchor, lookup.chain, len(lookup.last)), None
+        chain = (lookup.chain, lookup.chain_len) if g.lookup else ()
+        tree = g.draft(anchor, cl, self.ctx_k, self.ctx_v, *chain)
         return tree[:4], (tree[5] if len(tree) > 5 else None)
 
     def calibrate(self, reps: int = 10, cache_len: int | None = None) -> dict[str, float]:
-        """Median seconds of one round (draft + verify + the host sync) at every budget ("1": a plain step)
-        and of one ar_step, over a cache of ``cache_len`` rows (default min(256, S/2)); ``reps`` interleaved
+        """Median seconds of one round (draft + verify + the host sync) at every budget ("1": a plain step,
+        "chain": the lookup chain alone) and of one ar_step, over a cache of ``cache_len`` rows (default min(256, S/2)); ``reps`` interleaved
         repetitions, at most 5 when a call takes 50 ms or more. Caches are not changed: verify returns rows,
         it does not write them."""
         cl = self._cache_len(cache_len if cache_len is not None else min(256, self.S // 2))
@@ -300,7 +361,9 @@ class Decoder:
                 torch.ones(1, device=self.device))
 
         def one_round(g: _ArmGraphs) -> None:
-            (tokens, parents, depth, mask), _ = self._draft(g, anchor, cl, lookup.propose() if lookup else ())
+            if lookup:
+                lookup.propose()
+            (tokens, parents, depth, mask), _ = self._draft(g, anchor, cl, lookup)
             args = (tokens, parents, depth, mask, cl, self.k_cache, self.v_cache)
             if g.verify is not None:
                 out = g.verify(*args)
@@ -309,6 +372,8 @@ class Decoder:
             int(out[1].reshape(-1)[0])
 
         runs = {str(b): (lambda g=self._arm_graphs(b): one_round(g)) for b in self.budgets}
+        if self.chain_host is not None:
+            runs[arm_key(CHAIN)] = lambda g=self._arm_graphs(CHAIN): one_round(g)
         if "ar_step" in self.graphs:
             ar = self.graphs["ar_step"]
             runs["ar_step"] = lambda: int(ar(anchor, cl, self.k_cache, self.v_cache)[0].reshape(-1)[0])
@@ -343,8 +408,9 @@ class Decoder:
         policy = self.policy(budget)
         run = _Run.start(self, "adaptive" if policy else "speculative", prompt, max_new_tokens, eos_token_ids, stats)
         clock = _Clock(run.st)
-        arms = {b: clock.timed_arm(self._arm_graphs(b))
-                for b in (self.budgets if policy else [budget if budget is not None else self.B])}
+        chosen = (self.budgets + ([CHAIN] if CHAIN in policy.cost else [])) if policy else \
+            [budget if budget is not None else self.B]
+        arms = {b: clock.timed_arm(self._arm_graphs(b)) for b in chosen}
         fixed = next(iter(arms.values()))
         verify = _Verifier(self, temperature, top_k, top_p, seed)
         L = run.prefill(self, prompt, with_context=True)
@@ -353,15 +419,17 @@ class Decoder:
         with run:
             while not run.stopped(L + self.D_max + 1, self.S):
                 clock.start()
-                chain = lookup.propose() if lookup else ()  # the n-gram match, before the round is chosen
+                if lookup:
+                    lookup.propose()  # the n-gram match, before the round is chosen
                 g = arms[policy.choose(lookup.context if lookup else 0)] if policy else fixed
                 cl = self._cache_len(L)
-                tree, cand = self._draft(g, anchor, cl, chain)
+                tree, cand = self._draft(g, anchor, cl, lookup)
                 out_tokens, length, k_rows, v_rows, ck, cv = verify(g, tree, cl)
                 a = int(length.reshape(-1)[0])  # the host sync of the round
                 committed = out_tokens[: a + 1].tolist()
-                if policy and g.draft is not None:
-                    policy.observe(g.budget, committed, cand.tolist(), *((lookup.last, lookup.context) if lookup else ()))
+                if policy and g.budget != PLAIN:
+                    policy.observe(g.budget, committed, cand.tolist() if cand is not None else None,
+                                   *((lookup.last, lookup.context) if lookup else ()))
                 clock.commit(self._write, L, a + 1, k_rows, v_rows, ck, cv)
                 L += a + 1
                 anchor = out_tokens[a: a + 1].clone()
@@ -416,7 +484,7 @@ class _Verifier:
         d = self.dec
         if not self.sampling:
             return g.verify(*tree, cl, d.k_cache, d.v_cache)
-        u = torch.rand(g.budget + g.lookup, generator=self.gen).to(d.device)
+        u = torch.rand(g.nodes, generator=self.gen).to(d.device)
         return g.verify_sample(*tree, cl, d.k_cache, d.v_cache, *self.samp, u)
 
 
@@ -510,7 +578,7 @@ class _Run:
         st.rounds += 1
         st.accepted.append(len(committed))
         if g is not None:
-            key = "plain" if g.draft is None else str(g.budget)
+            key = "plain" if g.budget == PLAIN else arm_key(g.budget)
             st.budget_rounds[key] = st.budget_rounds.get(key, 0) + 1
         if lookup:
             if g is not None and g.lookup:

@@ -9,8 +9,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .adaptive import Arm
-from .decode import CacheDims, Decoder, Stats
+from .adaptive import CHAIN, Arm
+from .decode import CacheDims, Decoder, Stats, arm_key
 from .errors import JetSpecError
 from .graphs import PLAIN_BUDGET, SpecConfig, budget_graph_name, budget_graph_names, budget_spec, build_graphs
 from .head import DraftHead
@@ -49,7 +49,7 @@ def _ids(input_ids: Tensor | Sequence[int]) -> list[int]:
 def eager_decoder(target: Target, head: DraftHead, spec: SpecConfig, names=None, budgets: Sequence[int] = (),
                   costs: dict[int, float] | None = None) -> Decoder:
     """The eager graphs in a Decoder. ``budgets``: more budgets (with a plain step) for adaptive decoding,
-    with ``costs`` in seconds per round (default: measured here)."""
+    with ``costs`` in seconds per round, keyed by budget (CHAIN: the chain arm; default: measured here)."""
     graphs = build_graphs(target, head, spec, names) if names else build_graphs(target, head, spec)
     sampling = names is None or "verify_sample" in names
     arms = []
@@ -61,12 +61,16 @@ def eager_decoder(target: Target, head: DraftHead, spec: SpecConfig, names=None,
         arms.append(Arm(b, bspec.reachable_depth(head), (costs or {}).get(b, 1.0)))
     if arms:  # the model's own budget is one of the adaptive policy's choices too
         arms.append(Arm(spec.budget, spec.reachable_depth(head), (costs or {}).get(spec.budget, 1.0)))
+        if spec.lookup and costs is not None and CHAIN in costs:  # the chain alone (CHAIN: 0)
+            arms.append(Arm(CHAIN, spec.lookup, costs[CHAIN]))
     dec = Decoder(EagerGraphs(graphs), budget=spec.budget, topk=spec.topk, max_seq_len=spec.max_seq_len,
                   prefill_chunk=spec.prefill_chunk, dims=cache_dims(target, head), device=target.device,
                   lookup=spec.lookup, arms=arms)
     if arms and costs is None:
         measured = dec.calibrate(reps=3)
-        dec.arms = {a.budget: replace(a, cost_s=measured[str(a.budget)]) for a in arms}
+        if dec.chain_host is not None:
+            arms.append(Arm(CHAIN, spec.lookup, 0.0))
+        dec.arms = {a.budget: replace(a, cost_s=measured[arm_key(a.budget)]) for a in arms}
     return dec
 
 

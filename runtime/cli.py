@@ -76,10 +76,10 @@ def run_generate(args: argparse.Namespace) -> int:
               f"{spec.tokens_per_s / max(ar.tokens_per_s, 1e-9):.2f}x (decode only, same prompt and artifact)",
               file=sys.stderr)
         if spec.mode == "adaptive":  # the adaptive rate next to each fixed budget's
-            for b in engine.budgets:
+            for b in engine.decoder.fixed_arms:
                 engine.generate(args.prompt, args.max_new_tokens, budget=b, **kw)
                 st = engine.last_stats
-                print(f"compare: fixed budget {'plain' if b == 1 else b}: {st.tokens_per_s:.1f} tok/s "
+                print(f"compare: fixed budget {({0: 'chain', 1: 'plain'}).get(b, b)}: {st.tokens_per_s:.1f} tok/s "
                       f"({st.tokens_per_s / max(ar.tokens_per_s, 1e-9):.2f}x ar_step, tau {st.tau:.2f})",
                       file=sys.stderr)
     return 0

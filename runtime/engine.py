@@ -12,9 +12,9 @@ from typing import Iterator, Sequence
 
 import torch
 
-from jetspec_compile.adaptive import Arm
+from jetspec_compile.adaptive import CHAIN, Arm
 from jetspec_compile.artifact import Manifest
-from jetspec_compile.decode import Decoder, Stats
+from jetspec_compile.decode import Decoder, Stats, arm_key
 from jetspec_compile.graphs import budget_graph_name, budget_spec, split_graph_name
 from jetspec_compile.errors import ArtifactError, JetSpecError
 
@@ -72,8 +72,11 @@ class Engine:
 
     def calibrate(self, reps: int = 10) -> dict[str, float]:
         """Re-measure each budget's round cost on this machine (ms) and use it for adaptive decoding."""
-        costs = self.decoder.calibrate(reps)
-        self.decoder.arms = {b: replace(a, cost_s=costs[str(b)]) for b, a in self.decoder.arms.items()}
+        dec = self.decoder
+        costs = dec.calibrate(reps)
+        if dec.chain_host is not None:  # the chain alone is an arm wherever it can run
+            dec.arms[CHAIN] = Arm(CHAIN, dec.L, 0.0)
+        dec.arms = {b: replace(a, cost_s=costs[arm_key(b)]) for b, a in dec.arms.items()}
         return {k: round(v * 1e3, 4) for k, v in costs.items()}
 
     def replica(self) -> "Engine":
@@ -114,8 +117,10 @@ class Engine:
             raise JetSpecError(f"max_new_tokens is {max_new_tokens}; expected >= 0")
         if temperature < 0:
             raise JetSpecError(f"temperature is {temperature}; expected >= 0")
-        if budget is not None and budget not in self.budgets:
-            raise JetSpecError(f"budget {budget} is not compiled in {self.folder}; expected one of {self.budgets}")
+        if budget is not None and budget not in self.decoder.fixed_arms:
+            raise JetSpecError(f"budget {budget} is not compiled in {self.folder}; expected one of "
+                               f"{self.decoder.fixed_arms}" + (" (0: the lookup chain alone)" if CHAIN in
+                                                               self.decoder.fixed_arms else ""))
         kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, eos_token_ids=self.eos_token_ids,
                   stats=stats)
         if not speculative:
@@ -233,7 +238,12 @@ def _eager_graphs(folder: Path, manifest: Manifest, weights: dict, device: torch
 def budget_arms(manifest: Manifest) -> list[Arm]:
     """The artifact's compiled budgets (its own included; 1: the plain step) with drafted depth and round cost."""
     b = manifest.budgets
-    return [Arm(int(n), b.depth[n], b.cost_s(n)) for n in b.compiled] if b else []
+    if not b:
+        return []
+    arms = [Arm(int(n), b.depth[n], b.cost_s(n)) for n in b.compiled]
+    if manifest.lookup and "chain" in b.cost_ms:  # the lookup chain alone (artifacts from before it: no such arm)
+        arms.append(Arm(CHAIN, manifest.lookup, float(b.cost_ms["chain"]) / 1e3))
+    return arms
 
 
 def load(path: str | Path, device: str | torch.device | None = None, *, mode: str = "compiled",

@@ -173,8 +173,9 @@ class _State:
         self.lookup = _Lookup(self.prompt, dec.L, dec.device) if dec.L else None
 
     def draft(self, d, arm):
-        chain = self.lookup.propose() if self.lookup else ()
-        return d._draft(arm, self.anchor, self.cl, chain)[0]  # (tokens, parents, depth, mask)
+        if self.lookup:
+            self.lookup.propose()
+        return d._draft(arm, self.anchor, self.cl, self.lookup)[0]  # (tokens, parents, depth, mask)
 
 
 def _latencies(st: _State, iters: int, res: dict) -> tuple[dict, dict]:

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from jetspec_compile import autoregressive_generate, speculative_generate
-from jetspec_compile.adaptive import PLAIN, Arm, BudgetPolicy, _tree_paths, lookup_context, smooth_costs
+from jetspec_compile.adaptive import CHAIN, PLAIN, Arm, BudgetPolicy, _tree_paths, lookup_context, smooth_costs
 from jetspec_compile.tree import build_tree
 
 from test_lookup_decode import _memoryless
 
-CHEAP_SPEC = {1: 1.0, 4: 1.05, 8: 1.1, 16: 1.2}  # speculation costs about a plain step: it pays from tau > 1.1
+CHEAP_SPEC = {0: 0.95, 1: 1.0, 4: 1.05, 8: 1.1, 16: 1.2}  # speculation costs about a plain step (0: the chain alone)
 DEAR_SPEC = {1: 1.0, 4: 50.0, 8: 60.0, 16: 70.0}  # it never pays
 
 
@@ -60,6 +60,29 @@ def test_speculates_on_repeating_text(tiny_models):
     assert min(st.accepted[-8:]) > 1 and st.tau > 2.0
 
 
+def test_the_chain_alone_is_lossless(tiny_models):
+    """The chain arm (the lookup chain alone, no draft) as a fixed arm and inside adaptive decoding: greedy
+    output equals plain decoding; on repeating text the adaptive policy runs it, because it is cheapest."""
+    from jetspec_compile.decode import Stats
+    from jetspec_compile.eager_oracle import eager_decoder
+    from jetspec_compile.graphs import SpecConfig
+
+    target, head, _ = tiny_models
+    ids = list(range(3, 13)) * 2
+    spec = SpecConfig(budget=8, topk=3, max_seq_len=160, prefill_chunk=16, lookup=4)
+    with _memoryless(target):
+        ref = autoregressive_generate(target, head, ids, 80)[0]
+        dec = eager_decoder(target, head, spec, budgets=[4], costs={CHAIN: 1.2, 1: 1.0, 4: 1.5, 8: 1.6})
+        assert dec.fixed_arms == [CHAIN, 1, 4, 8]
+        for budget in (CHAIN, None):
+            st = Stats()
+            assert [t for c in dec.speculative(ids, 80, budget=budget, stats=st) for t in c] == ref
+        assert st.budget_rounds.get("chain", 0) >= 0.5 * st.rounds, st.budget_rounds
+        samples = [[t for c in dec.speculative(ids, 40, budget=CHAIN, temperature=0.7, seed=5) for t in c]
+                   for _ in range(2)]
+    assert samples[0] == samples[1] and len(samples[0]) == 40
+
+
 def test_adaptive_sampling_matches_the_fixed_budget_it_picks(tiny_models):
     """With one budget that always pays, adaptive decoding runs exactly the fixed-budget rounds: same
     seeded samples (the policy changes which graphs run, never how a round samples)."""
@@ -88,34 +111,23 @@ def test_tree_paths_follow_the_dynamic_builder():
         assert got == {(len(q), q[-1]) for q in paths}
 
 
-def _plain_runs(picks) -> list[int]:
-    runs, n = [], 0
-    for b in picks + [0]:
-        if b == PLAIN:
-            n += 1
-        elif n:
-            runs.append(n)
-            n = 0
-    return runs
-
-
-def test_policy_backs_off_and_probes():
+def test_policy_runs_plain_steps_and_explores():
+    """Where nothing is ever accepted, the first rounds gather evidence, then plain steps run, with one round of
+    the head's tree every ``explore`` rounds so that its means stay current; the picks are deterministic."""
     def picks_of(pol) -> list[int]:
         picks = []
-        for _ in range(140):
+        for _ in range(60):
             b = pol.choose()
             picks.append(b)
             if b != PLAIN:
                 pol.observe(b, [7], [[1, 2, 3], [4, 5, 6]][: 1 if b == 4 else 2])  # nothing ever accepted
         return picks
 
-    picks = picks_of(BudgetPolicy([Arm(4, 1, 0.01), Arm(8, 2, 0.012)], 0.002, 3))
-    assert PLAIN not in picks[:8]  # the first rounds gather evidence
-    runs = _plain_runs(picks)[:-1]  # the last run is cut short by the end
-    assert runs == [4, 8, 16, 32][: len(runs)] and len(runs) >= 4
-    probes = [len(r) for r in "".join("s" if b != PLAIN else " " for b in picks[8:]).split()]
-    assert set(probes[:-1]) == {4}  # each plain run is followed by a probe of 4 speculative rounds
-    assert picks_of(BudgetPolicy([Arm(4, 1, 0.01), Arm(8, 2, 0.012)], 0.002, 3)) == picks  # deterministic
+    picks = picks_of(BudgetPolicy([Arm(4, 1, 0.01), Arm(8, 2, 0.012)], 0.002, 3, explore=16))
+    assert PLAIN not in picks[:4] and picks[4:20] == [PLAIN] * 16  # the first rounds gather evidence
+    spec = [i for i, b in enumerate(picks) if b != PLAIN]
+    assert spec == [0, 1, 2, 3, 20, 37, 54]  # then one exploring round per 16 plain steps
+    assert picks_of(BudgetPolicy([Arm(4, 1, 0.01), Arm(8, 2, 0.012)], 0.002, 3, explore=16)) == picks
 
 
 def test_policy_needs_a_clear_margin_for_plain_steps():
@@ -148,7 +160,7 @@ def test_aoti_artifact_with_budgets(tiny_models, tmp_path, inductor_cache):
     out = tmp_path / "budgets"
     m = export_model(target, head, SpecConfig(budget=8, topk=3, max_seq_len=128, prefill_chunk=16, lookup=4), out,
                      backend="aoti", sampling=False, tokenizer_dir=folder, budgets=[4], log=lambda s: None)
-    assert m["budgets"]["compiled"] == [1, 4, 8] and set(m["budgets"]["cost_ms"]) == {"1", "4", "8", "ar_step"}
+    assert m["budgets"]["compiled"] == [1, 4, 8] and set(m["budgets"]["cost_ms"]) == {"1", "4", "8", "chain", "ar_step"}
     assert {"draft.b4", "verify.b4", "verify.b1"} <= set(m["graphs"]) and "draft.b1" not in m["graphs"]
     engine = load(out)
     assert engine.budgets == [1, 4, 8]
@@ -156,7 +168,7 @@ def test_aoti_artifact_with_budgets(tiny_models, tmp_path, inductor_cache):
         ref = engine.generate(ids, 50, speculative=False).tokens
         assert engine.generate(ids, 50).tokens == ref
         assert engine.last_stats.mode == "adaptive"
-        for b in (1, 4, 8):
+        for b in (CHAIN, 1, 4, 8):  # CHAIN: the lookup chain alone, in verify.b4's graph
             assert engine.generate(ids, 50, budget=b).tokens == ref
     eager = load(out, mode="eager")
     assert eager.generate(ids, 30).tokens == ref[:30]
@@ -186,39 +198,43 @@ def test_policy_picks_the_budget_per_lookup_context():
     assert lookup_context(0) == 0 and lookup_context(2) == 1 and lookup_context(4) == 2
 
 
-def test_a_few_hard_rounds_do_not_stop_speculation():
-    """Plain steps are judged over a longer horizon than the budget choice: fifteen rounds with nothing
-    accepted, after text where speculation paid (3 tokens a round against a 2.2 break-even), keep it on
-    (the 8-round mean alone would stop at the seventh); a long hard stretch still turns it off."""
-    pol = BudgetPolicy([Arm(8, 2, 0.002)], 0.001, 3)
-    picks = []
-    for i in range(80):
-        b = pol.choose()
-        picks.append(b)
-        if b != PLAIN:
-            good = i < 40
-            pol.observe(b, [10, 10, 10] if good else [7], [[10, 11, 12]] * 2)
-    assert PLAIN not in picks[:55]
-    assert PLAIN in picks[55:]
+def test_policy_runs_the_chain_alone_where_it_carries_the_round():
+    """With a chain arm: where a long n-gram match carries the round, the chain alone (no draft, cheaper than
+    any tree) wins; without a match the head's tree pays where it is accepted deep, and plain steps where
+    nothing is accepted. Each context is judged on its own rounds."""
+    pol = BudgetPolicy([Arm(4, 1, 0.010), Arm(16, 4, 0.015)], 0.006, 3, chain_cost_s=0.008)
+    cand = [[10, 11, 12]] * 4
+    chain = list(range(20, 28))
+    for _ in range(12):
+        pol.observe(16, [10] * 5, cand, (), context=0)  # the tree is accepted 4 deep
+        pol.observe(16, chain + [30], cand, chain, context=2)  # the chain is accepted whole
+        pol.observe(4, [7], cand[:1], [9], context=1)  # nothing accepted
+    assert pol.choose(2) == CHAIN and pol.choose(0) == 16 and pol.choose(1) == PLAIN
+    for _ in range(12):  # a chain round shows the chain's length only; the trees' means are not changed
+        pol.observe(CHAIN, chain[:2] + [30], None, chain, context=2)
+    assert pol.expect_ctx[2][CHAIN] < 4 < pol.expect_ctx[2][16]
 
 
-def test_a_long_lookup_match_ends_a_plain_run():
-    """While plain steps run, the policy sees no acceptance; a long n-gram match (the text now repeats) ends
-    the plain run at once with a probe, in a deterministic order."""
-    def picks_of(contexts) -> list[int]:
-        pol = BudgetPolicy([Arm(4, 1, 0.01)], 0.002, 3)
-        picks = []
-        for c in contexts:
-            b = pol.choose(c)
-            picks.append(b)
-            if b != PLAIN:
-                pol.observe(b, [7], [[1, 2, 3]], context=c)  # nothing accepted: plain pays
-        return picks
+def test_chain_trees_are_attach_chain_on_a_root_only_tree():
+    """The chain arm's host-built trees equal the traced attach_chain of a root-only tree padded to the host
+    budget's nodes, for every chain length (so the verify graphs see the layout they were exported for)."""
+    from jetspec_compile.decode import _ChainTrees
+    from jetspec_compile.lookup import attach_chain
+    from jetspec_compile.tree import Tree
 
-    quiet = picks_of([0] * 12)
-    assert quiet[8:12] == [PLAIN] * 4
-    repeats = picks_of([0] * 9 + [2] * 3)
-    assert repeats[8] == PLAIN and repeats[9:12] == [4, 4, 4]
+    pad, L = 4, 5
+    trees = _ChainTrees(pad, L, torch.device("cpu"))
+    anchor = torch.tensor([42])
+    mask = torch.zeros(pad, pad, dtype=torch.bool)
+    mask[0, 0] = True
+    root = Tree(torch.cat([anchor, torch.zeros(pad - 1, dtype=torch.int64)]), torch.full((pad,), -1),
+                torch.zeros(pad, dtype=torch.int64), torch.tensor([0.0] + [float("-inf")] * (pad - 1)), mask)
+    for n in range(L + 1):
+        chain = torch.tensor([5, 6, 7, 8, 9][:n] + [0] * (L - n))
+        want = attach_chain(root, chain, torch.tensor([n]))
+        got = trees(anchor, chain, n)
+        for g, w in zip(got, (want.tokens, want.parents, want.depth, want.mask)):
+            assert torch.equal(g, w), n
 
 
 def test_costs_are_smoothed_over_the_budget():

@@ -150,6 +150,7 @@ def _check_shapes(c: Checker, m: dict) -> None:
             c.num(cost, str(b), f"budgets.cost_ms.{b}")
             if b != s["budget"] and f"verify.b{b}" not in (m.get("graphs") or {}):
                 raise c.fail("budgets.compiled", compiled, f"budgets whose graphs are listed (no graphs.verify.b{b})")
+        c.num(cost, "chain", "budgets.cost_ms.chain", optional=True)  # the lookup chain alone
 
 
 def _check_tree(c: Checker, m: dict) -> None:
