@@ -16,7 +16,7 @@ from jetspec_compile.artifact import (Budgets, GraphEntry, Manifest, ModelInfo, 
 from jetspec_compile.atomic import atomic_folder
 from jetspec_compile.backends import GraphJob, compile_graphs, get_backend, graph_weights
 from jetspec_compile.errors import JetSpecError
-from jetspec_compile.graphs import (GRAPH_NAMES, PLAIN_BUDGET, SpecConfig, _static_tree,
+from jetspec_compile.graphs import (CHAIN_BUDGET, GRAPH_NAMES, PLAIN_BUDGET, SpecConfig, _static_tree,
                                     budget_graph_name, budget_graph_names, budget_spec, build_graphs,
                                     example_inputs)
 from jetspec_compile.head import DraftHead
@@ -53,7 +53,8 @@ def export_model(
     """Capture and compile the graphs into the artifact folder ``out`` (atomically). Returns the manifest.
 
     ``budgets``: more tree budgets to compile draft and verify for (they share the one weights file); with
-    any, a plain step (budget 1) is compiled too, and the runtime picks a budget each round (adaptive).
+    any, a plain step (budget 1) is compiled too, and with a lookup chain the chain alone (``verify.chain``),
+    and the runtime picks what runs each round (adaptive).
     ``static_trees``: per extra budget, a calibrated static topology (tree policy static)."""
     be = get_backend(backend)
     be.check_available(device)
@@ -67,7 +68,8 @@ def export_model(
     if extra and extra[0] < 1:
         raise JetSpecError(f"budgets {list(budgets)}: expected integers >= 1")
     specs = {spec.budget: spec}
-    for b in (extra + [PLAIN_BUDGET] if extra and PLAIN_BUDGET not in extra else extra):
+    arms = extra + ([PLAIN_BUDGET] if extra and PLAIN_BUDGET not in extra else [])
+    for b in arms + ([CHAIN_BUDGET] if extra and spec.lookup else []):
         specs[b] = budget_spec(spec, b, (static_trees or {}).get(b))
         specs[b].validate(head)
     try:
@@ -111,7 +113,7 @@ def _header(be, specs: dict, main: int, n_graphs: int, device, full_depth: int, 
     spec = specs[main]
     more = sorted(b for b in specs if b != main)
     return (f"exporting {n_graphs} graphs with backend {be.name} on {device} "
-            f"(B={spec.budget}{' + budgets ' + ','.join(map(str, more)) if more else ''} "
+            f"(B={spec.budget}{' + budgets ' + ','.join(budget_graph_name('', b)[1:] for b in more) if more else ''} "
             f"K={spec.topk} S={spec.max_seq_len} P={spec.prefill_chunk}, tree={spec.tree}, head depth {full_depth}"
             f"{', native linears' if native else ''}) -> {out}")
 
@@ -164,7 +166,8 @@ def _export(target, head, specs, main, out, be, *, device, sampling, force, toke
             log("  calibrating the cost of a round at each budget ...")
             costs = calibrate_costs(tmp, {n: g.to_json() for n, g in report.items()}, be, device, weights, specs,
                                     main, depths, target, head)
-            budgets = Budgets(compiled=tuple(sorted(specs)), depth=dict(depths), cost_ms=costs)
+            compiled = tuple(sorted(b for b in specs if b != CHAIN_BUDGET))  # (the chain: its cost only)
+            budgets = Budgets(compiled=compiled, depth={b: depths[b] for b in compiled}, cost_ms=costs)
             log("  round cost (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()))
         manifest = _manifest(target, head, specs[main], out, be, device=device, sampling=sampling, report=report,
                              modules=modules, depths=depths, main=main, full_depth=full_depth, tok=tok,

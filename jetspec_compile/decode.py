@@ -152,30 +152,26 @@ class _ArmGraphs:
 
 
 class _ChainTrees:
-    """Trees of the lookup chain alone under the root, in a verify graph of ``pad`` + L nodes: the layout
-    ``attach_chain`` gives a root-only tree of ``pad`` nodes (nodes 1..pad-1 and the unused chain nodes are
-    padding, never accepted). Parents, depth and mask are built once per chain length; a round adds tokens."""
+    """Trees of the lookup chain alone under the root (1 + L nodes, the layout ``attach_chain`` gives a
+    root-only tree; the unused chain nodes are padding, never accepted). Parents, depth and mask are built
+    once per chain length; a round adds the tokens."""
 
-    def __init__(self, pad: int, length: int, device: torch.device):
-        N = pad + length
-        self.pad = torch.zeros(pad - 1, dtype=torch.int64, device=device)
+    def __init__(self, length: int, device: torch.device):
+        N = 1 + length
         self.shapes = []
         for n in range(length + 1):
             parents = torch.full((N,), -1, dtype=torch.int64)
             depth = torch.zeros(N, dtype=torch.int64)
             mask = torch.zeros(N, N, dtype=torch.bool)
             mask[0, 0] = True
-            for i in range(n):
-                j = pad + i
-                parents[j] = 0 if i == 0 else j - 1
-                depth[j] = i + 1
-                mask[j, 0] = True
-                mask[j, pad:j + 1] = True
+            for i in range(1, n + 1):
+                parents[i], depth[i] = i - 1, i
+                mask[i, : i + 1] = True
             self.shapes.append(tuple(t.to(device) for t in (parents, depth, mask)))
 
     def __call__(self, anchor: Tensor, chain: Tensor, n: int) -> tuple[Tensor, ...]:
         """(tokens, parents, depth, mask) of the chain's first ``n`` tokens (the rest of ``chain`` is zero)."""
-        return (torch.cat([anchor, self.pad, chain]), *self.shapes[n])
+        return (torch.cat([anchor, chain]), *self.shapes[n])
 
 
 class _Lookup:
@@ -288,17 +284,16 @@ class Decoder:
     # ---- budgets -------------------------------------------------------------------------------------
     def _arm_graphs(self, b: int) -> _ArmGraphs:
         """The graphs of arm ``b``: the artifact's own budget (b = B), one compiled for another budget, the
-        plain step (b = 1: the root alone, no draft, no lookup chain), or the chain alone (b = CHAIN: no draft,
-        the smallest budget's verify graphs)."""
+        plain step (b = 1: the root alone, no draft, no lookup chain), or the chain alone (b = CHAIN: the root
+        and the lookup chain, no draft)."""
         def graph(base: str, budget: int) -> Callable | None:
             return self.graphs.get(base if budget == self.B else budget_graph_name(base, budget))
 
         if b == CHAIN:
-            host = self.chain_host
-            if host is None:
-                raise JetSpecError("the chain arm needs a lookup chain (export --lookup) and several budgets")
-            return _ArmGraphs(CHAIN, self.L, None, graph("verify", host), graph("verify_sample", host), self.L,
-                              host + self.L)
+            if not self.has_chain_arm:
+                raise JetSpecError("the chain arm needs verify.chain, which an export with --lookup and --budgets "
+                                   "compiles")
+            return _ArmGraphs(CHAIN, self.L, None, graph("verify", b), graph("verify_sample", b), self.L, 1 + self.L)
         if b != self.B and b not in self.arms:
             raise JetSpecError(f"budget {b} is not compiled in this model; expected one of {self.budgets}")
         if b == PLAIN:  # (depth 1: root + bonus rows)
@@ -315,13 +310,12 @@ class Decoder:
     @property
     def fixed_arms(self) -> list[int]:
         """What a fixed-budget run can run: every budget, and CHAIN (0) where the chain alone can run."""
-        return ([CHAIN] if self.chain_host is not None else []) + self.budgets
+        return ([CHAIN] if self.has_chain_arm else []) + self.budgets
 
     @property
-    def chain_host(self) -> int | None:
-        """The budget whose verify graphs the chain arm runs (the smallest speculative one), if it can run."""
-        spec = [b for b in self.budgets if b != PLAIN]
-        return min(spec) if self.L and len(self.budgets) > 1 and spec else None
+    def has_chain_arm(self) -> bool:
+        """Whether the chain alone can run: a lookup chain and its verify graphs (``verify.chain``)."""
+        return bool(self.L) and any(budget_graph_name(n, CHAIN) in self.graphs for n in ("verify", "verify_sample"))
 
     def policy(self, budget: int | None) -> BudgetPolicy | None:
         """The adaptive policy (``budget=None`` with several compiled budgets), else None (fixed budget)."""
@@ -330,7 +324,7 @@ class Decoder:
             return None
         chain = self.arms.get(CHAIN)
         return BudgetPolicy(spec, self.arms[PLAIN].cost_s, self.K,
-                            chain_cost_s=chain.cost_s if chain and self.chain_host else None)
+                            chain_cost_s=chain.cost_s if chain and self.has_chain_arm else None)
 
     def _plain_tree(self, anchor: Tensor) -> tuple[Tensor, ...]:
         return anchor, self._root[0], self._root[1], self._root[2]
@@ -342,7 +336,7 @@ class Decoder:
             if g.budget != CHAIN:
                 return self._plain_tree(anchor), None
             if self._chain_trees is None:
-                self._chain_trees = _ChainTrees(self.chain_host, self.L, self.device)
+                self._chain_trees = _ChainTrees(self.L, self.device)
             return self._chain_trees(anchor, lookup.chain, len(lookup.last)), None
         chain = (lookup.chain, lookup.chain_len) if g.lookup else ()
         tree = g.draft(anchor, cl, self.ctx_k, self.ctx_v, *chain)
@@ -372,7 +366,7 @@ class Decoder:
             int(out[1].reshape(-1)[0])
 
         runs = {str(b): (lambda g=self._arm_graphs(b): one_round(g)) for b in self.budgets}
-        if self.chain_host is not None:
+        if self.has_chain_arm:
             runs[arm_key(CHAIN)] = lambda g=self._arm_graphs(CHAIN): one_round(g)
         if "ar_step" in self.graphs:
             ar = self.graphs["ar_step"]

@@ -54,11 +54,13 @@ def eager_decoder(target: Target, head: DraftHead, spec: SpecConfig, names=None,
     sampling = names is None or "verify_sample" in names
     arms = []
     extra = sorted({int(b) for b in budgets} - {spec.budget})
-    for b in extra + ([PLAIN_BUDGET] if extra and PLAIN_BUDGET not in extra else []):
+    for b in extra + ([PLAIN_BUDGET] if extra and PLAIN_BUDGET not in extra else []) + \
+            ([CHAIN] if extra and spec.lookup else []):  # (the chain alone: verify.chain)
         bspec = budget_spec(spec, b)
         built = build_graphs(target, head, bspec, budget_graph_names(b, sampling))
         graphs.update({budget_graph_name(n, b): g for n, g in built.items()})
-        arms.append(Arm(b, bspec.reachable_depth(head), (costs or {}).get(b, 1.0)))
+        if b != CHAIN:
+            arms.append(Arm(b, bspec.reachable_depth(head), (costs or {}).get(b, 1.0)))
     if arms:  # the model's own budget is one of the adaptive policy's choices too
         arms.append(Arm(spec.budget, spec.reachable_depth(head), (costs or {}).get(spec.budget, 1.0)))
         if spec.lookup and costs is not None and CHAIN in costs:  # the chain alone (CHAIN: 0)
@@ -68,7 +70,7 @@ def eager_decoder(target: Target, head: DraftHead, spec: SpecConfig, names=None,
                   lookup=spec.lookup, arms=arms)
     if arms and costs is None:
         measured = dec.calibrate(reps=3)
-        if dec.chain_host is not None:
+        if dec.has_chain_arm:
             arms.append(Arm(CHAIN, spec.lookup, 0.0))
         dec.arms = {a.budget: replace(a, cost_s=measured[arm_key(a.budget)]) for a in arms}
     return dec

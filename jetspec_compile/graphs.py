@@ -38,29 +38,37 @@ from .tree import StaticTree, Tree, build_tree, default_static_tree
 GRAPH_NAMES = ("prefill", "draft", "verify", "verify_sample", "ar_step")
 BUDGET_GRAPHS = ("draft", "verify", "verify_sample")  # the graphs whose shapes depend on the budget
 PLAIN_BUDGET = 1  # a "budget" of the root alone: a plain step that also writes the draft context
+CHAIN_BUDGET = 0  # the lookup chain alone under the root (1 + L nodes, no draft): graphs named ``verify.chain``
 
 
 def budget_graph_name(base: str, budget: int) -> str:
-    """The name of graph ``base`` compiled for another budget, e.g. ``verify.b16``."""
-    return f"{base}.b{budget}"
+    """The name of graph ``base`` compiled for another budget, e.g. ``verify.b16`` (``verify.chain``: the
+    chain alone)."""
+    return f"{base}.chain" if budget == CHAIN_BUDGET else f"{base}.b{budget}"
 
 
 def split_graph_name(name: str) -> tuple[str, int | None]:
-    """``verify.b16`` -> ("verify", 16); ``verify`` -> ("verify", None)."""
-    base, _, suffix = name.partition(".b")
-    return (base, int(suffix)) if suffix.isdigit() else (name, None)
+    """``verify.b16`` -> ("verify", 16); ``verify.chain`` -> ("verify", 0); ``verify`` -> ("verify", None)."""
+    base, dot, suffix = name.rpartition(".")
+    if dot and suffix == "chain":
+        return base, CHAIN_BUDGET
+    if dot and suffix[:1] == "b" and suffix[1:].isdigit():
+        return base, int(suffix[1:])
+    return name, None
 
 
 def budget_spec(spec: "SpecConfig", budget: int, static_tree: dict | None = None) -> "SpecConfig":
-    """``spec`` at another budget. The plain step (budget 1) verifies the root alone: no lookup chain."""
-    if budget == PLAIN_BUDGET:
-        return replace(spec, budget=1, lookup=0, tree="dynamic", static_tree=None)
+    """``spec`` at another budget. The plain step (budget 1) verifies the root alone: no lookup chain; the
+    chain arm (budget 0) the root and the lookup chain (1 + L nodes)."""
+    if budget in (PLAIN_BUDGET, CHAIN_BUDGET):
+        return replace(spec, budget=1, lookup=spec.lookup if budget == CHAIN_BUDGET else 0, tree="dynamic",
+                       static_tree=None)
     return replace(spec, budget=budget, static_tree=static_tree)
 
 
 def budget_graph_names(budget: int, sampling: bool) -> tuple[str, ...]:
-    """The budget-dependent graphs compiled for ``budget`` (a plain step needs no draft)."""
-    names = BUDGET_GRAPHS if budget != PLAIN_BUDGET else BUDGET_GRAPHS[1:]
+    """The budget-dependent graphs compiled for ``budget`` (a plain step and the chain alone need no draft)."""
+    names = BUDGET_GRAPHS if budget not in (PLAIN_BUDGET, CHAIN_BUDGET) else BUDGET_GRAPHS[1:]
     return tuple(n for n in names if sampling or n != "verify_sample")
 
 

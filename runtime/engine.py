@@ -74,7 +74,7 @@ class Engine:
         """Re-measure each budget's round cost on this machine (ms) and use it for adaptive decoding."""
         dec = self.decoder
         costs = dec.calibrate(reps)
-        if dec.chain_host is not None:  # the chain alone is an arm wherever it can run
+        if dec.has_chain_arm:  # the chain alone is an arm wherever it can run
             dec.arms[CHAIN] = Arm(CHAIN, dec.L, 0.0)
         dec.arms = {b: replace(a, cost_s=costs[arm_key(b)]) for b, a in dec.arms.items()}
         return {k: round(v * 1e3, 4) for k, v in costs.items()}

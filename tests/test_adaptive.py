@@ -161,14 +161,15 @@ def test_aoti_artifact_with_budgets(tiny_models, tmp_path, inductor_cache):
     m = export_model(target, head, SpecConfig(budget=8, topk=3, max_seq_len=128, prefill_chunk=16, lookup=4), out,
                      backend="aoti", sampling=False, tokenizer_dir=folder, budgets=[4], log=lambda s: None)
     assert m["budgets"]["compiled"] == [1, 4, 8] and set(m["budgets"]["cost_ms"]) == {"1", "4", "8", "chain", "ar_step"}
-    assert {"draft.b4", "verify.b4", "verify.b1"} <= set(m["graphs"]) and "draft.b1" not in m["graphs"]
+    assert {"draft.b4", "verify.b4", "verify.b1", "verify.chain"} <= set(m["graphs"])
+    assert "draft.b1" not in m["graphs"] and "draft.chain" not in m["graphs"]
     engine = load(out)
     assert engine.budgets == [1, 4, 8]
     for ids in (list(range(3, 13)) * 3, [5, 9, 5, 9, 5, 9, 7]):
         ref = engine.generate(ids, 50, speculative=False).tokens
         assert engine.generate(ids, 50).tokens == ref
         assert engine.last_stats.mode == "adaptive"
-        for b in (CHAIN, 1, 4, 8):  # CHAIN: the lookup chain alone, in verify.b4's graph
+        for b in (CHAIN, 1, 4, 8):  # CHAIN: the lookup chain alone (verify.chain)
             assert engine.generate(ids, 50, budget=b).tokens == ref
     eager = load(out, mode="eager")
     assert eager.generate(ids, 30).tokens == ref[:30]
@@ -202,7 +203,7 @@ def test_policy_runs_the_chain_alone_where_it_carries_the_round():
     """With a chain arm: where a long n-gram match carries the round, the chain alone (no draft, cheaper than
     any tree) wins; without a match the head's tree pays where it is accepted deep, and plain steps where
     nothing is accepted. Each context is judged on its own rounds."""
-    pol = BudgetPolicy([Arm(4, 1, 0.010), Arm(16, 4, 0.015)], 0.006, 3, chain_cost_s=0.008)
+    pol = BudgetPolicy([Arm(4, 1, 0.010), Arm(16, 4, 0.015)], 0.006, 3, chain_cost_s=0.009, evidence=0)
     cand = [[10, 11, 12]] * 4
     chain = list(range(20, 28))
     for _ in range(12):
@@ -210,25 +211,23 @@ def test_policy_runs_the_chain_alone_where_it_carries_the_round():
         pol.observe(16, chain + [30], cand, chain, context=2)  # the chain is accepted whole
         pol.observe(4, [7], cand[:1], [9], context=1)  # nothing accepted
     assert pol.choose(2) == CHAIN and pol.choose(0) == 16 and pol.choose(1) == PLAIN
-    for _ in range(12):  # a chain round shows the chain's length only; the trees' means are not changed
+    for _ in range(24):  # a chain round shows the chain's length only; the trees' means are not changed
         pol.observe(CHAIN, chain[:2] + [30], None, chain, context=2)
     assert pol.expect_ctx[2][CHAIN] < 4 < pol.expect_ctx[2][16]
+    assert pol.choose(2) == 4  # the chain now falls short early: a tree (with the chain) is worth its draft
 
 
 def test_chain_trees_are_attach_chain_on_a_root_only_tree():
-    """The chain arm's host-built trees equal the traced attach_chain of a root-only tree padded to the host
-    budget's nodes, for every chain length (so the verify graphs see the layout they were exported for)."""
+    """The chain arm's host-built trees equal the traced attach_chain of a root-only tree, for every chain
+    length (so verify.chain sees the layout it was exported for)."""
     from jetspec_compile.decode import _ChainTrees
     from jetspec_compile.lookup import attach_chain
     from jetspec_compile.tree import Tree
 
-    pad, L = 4, 5
-    trees = _ChainTrees(pad, L, torch.device("cpu"))
+    L = 5
+    trees = _ChainTrees(L, torch.device("cpu"))
     anchor = torch.tensor([42])
-    mask = torch.zeros(pad, pad, dtype=torch.bool)
-    mask[0, 0] = True
-    root = Tree(torch.cat([anchor, torch.zeros(pad - 1, dtype=torch.int64)]), torch.full((pad,), -1),
-                torch.zeros(pad, dtype=torch.int64), torch.tensor([0.0] + [float("-inf")] * (pad - 1)), mask)
+    root = Tree(anchor, torch.tensor([-1]), torch.tensor([0]), torch.tensor([0.0]), torch.ones(1, 1, dtype=torch.bool))
     for n in range(L + 1):
         chain = torch.tensor([5, 6, 7, 8, 9][:n] + [0] * (L - n))
         want = attach_chain(root, chain, torch.tensor([n]))

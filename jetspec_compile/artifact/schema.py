@@ -13,6 +13,7 @@ from typing import Any
 
 from jetspec_compile.backends import BACKENDS
 from jetspec_compile.errors import ArtifactError
+from jetspec_compile.graphs import split_graph_name
 
 BACKEND_EXT = {name: b.ext for name, b in BACKENDS.items()}  # graph file extension per backend
 DTYPES = ("float32", "float16", "bfloat16")
@@ -246,7 +247,7 @@ def check_graph_shapes(m: dict, path: Path) -> None:
     for name, g in graphs.items():
         inputs = [parse_input(t) for t in g["inputs"]]
         field = f"graphs.{name}.inputs"
-        name = name.partition(".b")[0]  # a graph compiled for another budget (e.g. verify.b16)
+        name = split_graph_name(name)[0]  # a graph compiled for another budget (verify.b16, verify.chain)
         if name in ("prefill", "verify", "verify_sample") and (not inputs or len(inputs[0][1]) != 1):
             raise c.fail(field, g["inputs"], "the recorded input types, the first a 1-D token tensor")
         want = caches.get(name, target_cache)
@@ -275,9 +276,10 @@ def _expect_cache(c: Checker, m: dict, field: str, dtype: str, dims: list[int], 
 
 def _expect_tree(c: Checker, m: dict, field: str, inputs, texts, budget: int | None = None) -> None:
     budget = budget if isinstance(budget, int) else m["shapes"]["budget"]
-    extra = (m.get("lookup") or {}).get("length") or 0 if budget > 1 else 0
+    chain = (m.get("lookup") or {}).get("length") or 0
     n = inputs[0][1]
-    if len(n) != 1 or n[0] not in (budget, budget + extra):
+    allowed = (1 + chain,) if budget == 0 else (budget, budget + chain) if budget > 1 else (1,)  # 0: verify.chain
+    if len(n) != 1 or n[0] not in allowed:
         raise c.fail("shapes.budget", budget, f"{n[0] if n else '?'} (the compiled graph's {field}[0] is {texts[0]})")
     mask = next((dims for dtype, dims in inputs if dtype == "bool"), None)
     if mask is not None and mask != [n[0], n[0]]:

@@ -184,6 +184,7 @@ def _without_chain(draft: Callable, device: torch.device) -> Callable:
 def lookup_off_decoders(decoders: dict) -> dict:
     """For an artifact with a lookup chain (L > 0): one decoder per budget over the same graphs and caches
     with the chain switched off at run time (every draft graph gets chain_len 0). {} when L = 0."""
+    from jetspec_compile.adaptive import CHAIN
     from jetspec_compile.decode import Decoder
     from jetspec_compile.graphs import split_graph_name
 
@@ -192,9 +193,10 @@ def lookup_off_decoders(decoders: dict) -> dict:
         if not dec.L:
             continue
         graphs = {n: _without_chain(f, dec.device) if split_graph_name(n)[0] == "draft" else f
-                  for n, f in dec.graphs.items()}
+                  for n, f in dec.graphs.items() if split_graph_name(n)[1] != CHAIN}  # (no chain arm either)
         off = Decoder(graphs, budget=dec.B, topk=dec.K, max_seq_len=dec.S, prefill_chunk=dec.P, dims=dec.dims,
-                      device=dec.device, sync=dec.sync, lookup=dec.L, arms=list(dec.arms.values()))
+                      device=dec.device, sync=dec.sync, lookup=dec.L,
+                      arms=[a for a in dec.arms.values() if a.budget != CHAIN])
         _share_caches(off, dec)
         out[b] = off
     return out
