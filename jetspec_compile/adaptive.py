@@ -51,8 +51,8 @@ class BudgetPolicy:
     arm) and plain steps costing ``plain_cost_s``."""
 
     def __init__(self, arms: Sequence[Arm], plain_cost_s: float, topk: int, *, chain_cost_s: float | None = None,
-                 alpha: float = 0.125, decay: float = 0.97, refresh: int = 8, evidence: int = 4,
-                 explore: int = 16, margin: float = 0.1, min_context: int = 4):
+                 alpha: float = 0.125, decay: float = 0.97, refresh: int = 8, explore: int = 16,
+                 margin: float = 0.1, min_context: int = 4):
         if not arms:
             raise ValueError("BudgetPolicy needs at least one speculative budget")
         self.arms = smooth_costs(arms)
@@ -69,16 +69,20 @@ class BudgetPolicy:
         self.hits = [[1.6] + [0.2] * (topk - 1) for _ in range(self.D)]
         self.paths: dict[int, set[tuple[int, ...]]] = {}
         self.ext: dict[int, dict[tuple[int, ...], float]] = {}  # per budget: expected depth beyond each node
-        # running means of counterfactual tokens per round, per arm: over all rounds and per lookup context,
-        # with the rounds each arm was observed in
-        self.expect = {b: 1.0 for b in self.cost}
+        # running means of counterfactual tokens per round, per arm (CHAIN: the chain alone, kept even where it
+        # is no arm, since every tree carries the chain): over all rounds and per lookup context, with the
+        # rounds each was observed in
+        self.expect = {b: 1.0 for b in [*self.cost, CHAIN]}
         self.expect_ctx = [dict(self.expect) for _ in range(CONTEXTS)]
-        self.n = dict.fromkeys(self.cost, 0)
+        self.n = dict.fromkeys(self.expect, 0)
         self.n_ctx = [dict(self.n) for _ in range(CONTEXTS)]
+        for c in range(1, CONTEXTS):  # where an n-gram matched, the chain starts as if seen twice committing 2
+            self.expect_ctx[c][CHAIN], self.n_ctx[c][CHAIN] = 2.0, 2  # (optimistic: a few misses cannot lock it out)
         self.observed = 0  # speculative (head) rounds observed
         self.actual = self.modelled = 1.0  # running means of committed vs modelled tokens of the executed arm
-        self.probe_left = evidence  # the first rounds run the head's trees, to learn acceptance
-        self.since_head = [0] * CONTEXTS  # rounds per context since one ran the head's tree
+        self.since_head = explore  # rounds since one ran the head's tree (the first round runs it)
+        self.model: dict[int, float] = {}  # per budget: the tree model's expected tokens of the head's tree alone
+        self._stale = 0  # head rounds since the tree shapes were computed
         self._reshape()
 
     # ---- choosing -------------------------------------------------------------------------------------
@@ -95,32 +99,40 @@ class BudgetPolicy:
         return max((b for b in rates if b != CHAIN), key=rates.__getitem__)
 
     def _rates(self, context: int | None) -> dict[int, float]:
-        ctx = self.expect_ctx[context] if context is not None else None
+        """Predicted tokens per second of every arm: over all rounds (``context`` None), or in ``context``.
+        There a tree's estimate is its own mean once it has run there ``min_context`` times, else the tree
+        model's (the head's tree alone, or the chain's mean there if higher: the tree carries the chain too).
+        The chain's mean is known from every round that verified it. Without an n-gram match (context 0) the
+        chain alone proposes nothing: it is no choice."""
         scale = self.actual / self.modelled if self.modelled > 0 else 1.0
+        if context is None:
+            return {b: max(1.0, self.expect[b] * (1.0 if b == CHAIN else scale)) / c for b, c in self.cost.items()}
+        ctx, n = self.expect_ctx[context], self.n_ctx[context]
+        chain = ctx[CHAIN] if context > 0 else 1.0  # (known from every round that verified the chain)
         out = {}
         for b, cost in self.cost.items():
-            use_ctx = ctx is not None and self.n_ctx[context][b] >= self.min_context
-            e = ctx[b] if use_ctx else self.expect[b]
-            out[b] = max(1.0, e if b == CHAIN else e * scale) / cost
+            if b == CHAIN:
+                if context > 0:
+                    out[b] = max(1.0, chain) / cost
+                continue
+            e = ctx[b] if n[b] >= self.min_context else max(self.model[b], chain)
+            out[b] = max(1.0, e * scale) / cost
         return out
 
     def choose(self, context: int = 0) -> int:
         """The arm of the next round in lookup ``context``: a budget, CHAIN or PLAIN.
 
-        The head's best tree runs for the first rounds, and once per ``explore`` rounds of a context in which
-        something else ran. Otherwise the fastest arm by predicted rate, where a plain step needs a clear margin
-        (10 % plus 1/sqrt(rounds seen in the context): costs are noisy, and a plain step sees no acceptance)."""
-        if self.probe_left > 0 or self.since_head[context] >= self.explore:
-            self.probe_left = max(0, self.probe_left - 1)
-            self.since_head[context] = 0
+        The head's best tree runs in the first round, and again (explores) once ``explore`` rounds have run
+        without it, so that the head's acceptance stays measured. Otherwise the fastest arm by predicted rate,
+        where a plain step needs a clear margin (10 %: calibrated costs are noisy)."""
+        if self.since_head >= self.explore:
+            self.since_head = 0
             return self.best_budget(context)
         rates = self._rates(context)
         best = max(rates, key=rates.__getitem__)
-        seen = self.n_ctx[context][best]
-        margin = self.margin + 1.0 / math.sqrt(max(seen, 1))  # less evidence, more margin
-        if 1.0 / self.plain_cost > rates[best] * (1.0 + margin):
+        if 1.0 / self.plain_cost > rates[best] * (1.0 + self.margin):
             best = PLAIN
-        self.since_head[context] = 0 if best not in (PLAIN, CHAIN) else self.since_head[context] + 1
+        self.since_head = 0 if best not in (PLAIN, CHAIN) else self.since_head + 1
         return best
 
     # ---- learning -------------------------------------------------------------------------------------
@@ -130,10 +142,10 @@ class BudgetPolicy:
         the head's [D, K] candidates of that round, ``chain`` the prompt-lookup proposal, ``context`` its
         lookup context."""
         m = _match(chain, committed)
-        if CHAIN in self.cost:
-            self._update(CHAIN, context, 1 + m)
+        self._update(CHAIN, context, 1 + m)
         if budget == CHAIN:
             return
+        self.since_head = 0
         ranks = self._ranks(committed, cand)
         w = max(self.alpha, 1.0 / (self.observed + 1))  # a plain mean until 1/alpha rounds, then decayed
         for arm in self.arms:
@@ -146,7 +158,8 @@ class BudgetPolicy:
                 self.modelled += w * (cf - self.modelled)
         self.actual += w * (len(committed) - self.actual)
         self.observed += 1
-        if self.observed % self.refresh == 0:
+        self._stale += 1
+        if self.observed <= self.refresh or self._stale >= self.refresh:  # (off the prior quickly at first)
             self._reshape()
 
     def _update(self, b: int, context: int, cf: float) -> None:
@@ -172,19 +185,15 @@ class BudgetPolicy:
 
     def _reshape(self) -> None:
         """Decay the counts and recompute every budget's tree shape under the current p(d, r)."""
-        f = self.decay ** self.refresh
+        f = self.decay ** self._stale
+        self._stale = 0
         self.seen = [s * f for s in self.seen]
         self.hits = [[h * f for h in row] for row in self.hits]
         p = [[h / s for h in row] for row, s in zip(self.hits, self.seen)]
         for arm in self.arms:
             self.paths[arm.budget] = _tree_paths(p, arm.budget, arm.depth, self.K)
             self.ext[arm.budget] = _extensions(self.paths[arm.budget], p, self.K)
-
-    def expected_tokens(self) -> dict[int, float]:
-        """The model's expected tokens per round of each budget (the tree's path probabilities, plus one)."""
-        p = [[h / s for h in row] for row, s in zip(self.hits, self.seen)]
-        return {b: 1.0 + sum(math.prod(p[d][r] for d, r in enumerate(path)) for path in paths)
-                for b, paths in self.paths.items()}
+            self.model[arm.budget] = 1.0 + self.ext[arm.budget][()]
 
 
 def smooth_costs(arms: Sequence[Arm]) -> list[Arm]:

@@ -77,7 +77,8 @@ def test_the_chain_alone_is_lossless(tiny_models):
         for budget in (CHAIN, None):
             st = Stats()
             assert [t for c in dec.speculative(ids, 80, budget=budget, stats=st) for t in c] == ref
-        assert st.budget_rounds.get("chain", 0) >= 0.5 * st.rounds, st.budget_rounds
+        chain = st.budget_rounds.get("chain", 0)  # (the first rounds walk into the cycle: plain steps pay)
+        assert chain >= 10 and chain == max(st.budget_rounds.values()), st.budget_rounds
         samples = [[t for c in dec.speculative(ids, 40, budget=CHAIN, temperature=0.7, seed=5) for t in c]
                    for _ in range(2)]
     assert samples[0] == samples[1] and len(samples[0]) == 40
@@ -112,8 +113,8 @@ def test_tree_paths_follow_the_dynamic_builder():
 
 
 def test_policy_runs_plain_steps_and_explores():
-    """Where nothing is ever accepted, the first rounds gather evidence, then plain steps run, with one round of
-    the head's tree every ``explore`` rounds so that its means stay current; the picks are deterministic."""
+    """Where nothing is ever accepted, the first round runs the head's tree, then plain steps run, with a round
+    of the head's tree after every ``explore`` plain steps, so that its means stay current."""
     def picks_of(pol) -> list[int]:
         picks = []
         for _ in range(60):
@@ -124,15 +125,16 @@ def test_policy_runs_plain_steps_and_explores():
         return picks
 
     picks = picks_of(BudgetPolicy([Arm(4, 1, 0.01), Arm(8, 2, 0.012)], 0.002, 3, explore=16))
-    assert PLAIN not in picks[:4] and picks[4:20] == [PLAIN] * 16  # the first rounds gather evidence
     spec = [i for i, b in enumerate(picks) if b != PLAIN]
-    assert spec == [0, 1, 2, 3, 20, 37, 54]  # then one exploring round per 16 plain steps
+    assert spec == [0, 17, 34, 51]  # an exploring round after every 16 plain steps
     assert picks_of(BudgetPolicy([Arm(4, 1, 0.01), Arm(8, 2, 0.012)], 0.002, 3, explore=16)) == picks
 
 
 def test_policy_needs_a_clear_margin_for_plain_steps():
     """Within 10 % of plain decoding's rate the policy keeps speculating (noisy costs must not flip it)."""
     pol = BudgetPolicy([Arm(4, 1, 0.0021)], 0.001, 3)  # 2 tokens per round: rate 952/s vs plain 1000/s
+    for _ in range(8):  # what the first rounds show
+        pol.observe(4, [1, 7], [[1, 2, 3]])
     picks = []
     for _ in range(40):
         b = pol.choose()
@@ -203,7 +205,7 @@ def test_policy_runs_the_chain_alone_where_it_carries_the_round():
     """With a chain arm: where a long n-gram match carries the round, the chain alone (no draft, cheaper than
     any tree) wins; without a match the head's tree pays where it is accepted deep, and plain steps where
     nothing is accepted. Each context is judged on its own rounds."""
-    pol = BudgetPolicy([Arm(4, 1, 0.010), Arm(16, 4, 0.015)], 0.006, 3, chain_cost_s=0.009, evidence=0)
+    pol = BudgetPolicy([Arm(4, 1, 0.010), Arm(16, 4, 0.015)], 0.006, 3, chain_cost_s=0.009)
     cand = [[10, 11, 12]] * 4
     chain = list(range(20, 28))
     for _ in range(12):
