@@ -122,16 +122,20 @@ class BudgetPolicy:
     def choose(self, context: int = 0) -> int:
         """The arm of the next round in lookup ``context``: a budget, CHAIN or PLAIN.
 
-        The head's best tree runs in the first round, and again (explores) once ``explore`` rounds have run
-        without it, so that the head's acceptance stays measured. Otherwise the fastest arm by predicted rate,
-        where a plain step needs a clear margin (10 %: calibrated costs are noisy)."""
-        if self.since_head >= self.explore:
-            self.since_head = 0
-            return self.best_budget(context)
+        The fastest arm by predicted rate, where a plain step needs a clear margin (10 %: calibrated costs are
+        noisy). The head's best tree runs in the first round, and again (explores) once ``explore`` rounds
+        have run without it, if it could pay here: if the chain's mean plus the tree's own expected drafted
+        tokens (a bound on what the two commit together), at the tree's cost, beats the chosen arm."""
         rates = self._rates(context)
         best = max(rates, key=rates.__getitem__)
         if 1.0 / self.plain_cost > rates[best] * (1.0 + self.margin):
             best = PLAIN
+        if self.since_head >= self.explore and best in (PLAIN, CHAIN):
+            b = self.best_budget(context)
+            chain = self.expect_ctx[context][CHAIN] if context > 0 else 1.0
+            rate = 1.0 / self.plain_cost if best == PLAIN else rates[best]
+            if self.observed == 0 or (chain + self.model[b] - 1.0) / self.cost[b] > rate:
+                best = b
         self.since_head = 0 if best not in (PLAIN, CHAIN) else self.since_head + 1
         return best
 

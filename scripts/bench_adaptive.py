@@ -1,4 +1,5 @@
-"""Adaptive budgets vs each fixed budget vs ar_step of one artifact, on three prompt sets (Speed 4).
+"""Adaptive budgets vs each fixed arm (every budget, plain steps, the lookup chain alone) vs ar_step of one
+artifact, on three prompt sets (Speed 4).
 
     python scripts/bench_adaptive.py --artifact artifacts/demo-adaptive --reps 3
 
@@ -91,7 +92,8 @@ def main(argv=None) -> int:
             "prose": [engine.encode(t) for t in PROSE[: args.n]]}
     sets["mixed"] = [q for s in ("code", "repeat", "prose") for q in sets[s]]
     sets = {k: v for k, v in sets.items() if k in args.sets.split(",")}
-    methods = {"adaptive": None, **{f"B={b}" if b > 1 else "plain": b for b in engine.budgets}}
+    label = {0: "chain", 1: "plain"}  # 0: the lookup chain alone (plain prompt-lookup decoding)
+    methods = {"adaptive": None, **{label.get(b, f"B={b}"): b for b in engine.decoder.fixed_arms}}
     res: dict = {}
     for name, prompts in sets.items():
         ratios: dict[str, list[float]] = {m: [] for m in methods}

@@ -113,9 +113,12 @@ def test_tree_paths_follow_the_dynamic_builder():
 
 
 def test_policy_runs_plain_steps_and_explores():
-    """Where nothing is ever accepted, the first round runs the head's tree, then plain steps run, with a round
-    of the head's tree after every ``explore`` plain steps, so that its means stay current."""
-    def picks_of(pol) -> list[int]:
+    """The first round runs the head's tree; then, while nothing is accepted, plain steps run, and a tree runs
+    again (explores) after ``explore`` rounds only where it could pay: never where a round of the tree costs 5
+    plain steps; after 16 plain steps where it costs 1.2 (while the model still says it could pay).
+    The picks are deterministic."""
+    def picks_of(cost: float) -> list[int]:
+        pol = BudgetPolicy([Arm(4, 1, cost), Arm(8, 2, cost * 1.2)], 0.002, 3, explore=16)
         picks = []
         for _ in range(60):
             b = pol.choose()
@@ -124,10 +127,11 @@ def test_policy_runs_plain_steps_and_explores():
                 pol.observe(b, [7], [[1, 2, 3], [4, 5, 6]][: 1 if b == 4 else 2])  # nothing ever accepted
         return picks
 
-    picks = picks_of(BudgetPolicy([Arm(4, 1, 0.01), Arm(8, 2, 0.012)], 0.002, 3, explore=16))
-    spec = [i for i, b in enumerate(picks) if b != PLAIN]
-    assert spec == [0, 17, 34, 51]  # an exploring round after every 16 plain steps
-    assert picks_of(BudgetPolicy([Arm(4, 1, 0.01), Arm(8, 2, 0.012)], 0.002, 3, explore=16)) == picks
+    dear = picks_of(0.01)
+    assert [i for i, b in enumerate(dear) if b != PLAIN] == [0] and dear == picks_of(0.01)
+    cheap = [i for i, b in enumerate(picks_of(0.0024)) if b != PLAIN]
+    assert cheap[:4] == [0, 1, 2, 3] and len(cheap) > 4  # the model's prior pays at first; then explorations
+    assert all(b - a == 17 for a, b in zip(cheap[3:], cheap[4:]))  # ... each after 16 plain steps
 
 
 def test_policy_needs_a_clear_margin_for_plain_steps():
