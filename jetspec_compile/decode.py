@@ -186,6 +186,8 @@ class _Lookup:
         self.length = length
         self.chain = torch.zeros(length, dtype=torch.int64, device=device)
         self.chain_len = torch.zeros(1, dtype=torch.int64, device=device)
+        # on the CPU the proposal is written through numpy views: no torch dispatch per round
+        self._views = (self.chain.numpy(), self.chain_len.numpy()) if self.chain.device.type == "cpu" else None
         self.last: list[int] = []
         self.context = 0  # the adaptive policy's lookup context of this round's proposal
 
@@ -193,10 +195,13 @@ class _Lookup:
         matched, self.last = self.index.continuation(self.length)
         self.context = lookup_context(matched)
         n = len(self.last)
-        self.chain.zero_()
-        if n:
-            self.chain[:n] = torch.tensor(self.last, dtype=torch.int64)
-        self.chain_len.fill_(n)
+        padded = self.last + [0] * (self.length - n)
+        if self._views is not None:
+            self._views[0][:] = padded
+            self._views[1][0] = n
+        else:
+            self.chain.copy_(torch.tensor(padded, dtype=torch.int64))
+            self.chain_len.fill_(n)
         return self.chain, self.chain_len
 
     def covered(self, committed: list[int]) -> int:
@@ -252,11 +257,11 @@ class Decoder:
 
     def _write(self, at: int, n: int, k: Tensor, v: Tensor, ck: Tensor | None = None, cv: Tensor | None = None):
         n = min(n, self.S - at)
-        self.k_cache[:, :, at:at + n].copy_(k[:, :, :n])
-        self.v_cache[:, :, at:at + n].copy_(v[:, :, :n])
+        self.k_cache.narrow(2, at, n).copy_(k.narrow(2, 0, n))
+        self.v_cache.narrow(2, at, n).copy_(v.narrow(2, 0, n))
         if ck is not None:
-            self.ctx_k[:, :, at:at + n].copy_(ck[:, :, :n])
-            self.ctx_v[:, :, at:at + n].copy_(cv[:, :, :n])
+            self.ctx_k.narrow(2, at, n).copy_(ck.narrow(2, 0, n))
+            self.ctx_v.narrow(2, at, n).copy_(cv.narrow(2, 0, n))
 
     def check_prompt(self, prompt: Sequence[int]) -> None:
         if len(prompt) < 1:
@@ -419,14 +424,14 @@ class Decoder:
                 cl = self._cache_len(L)
                 tree, cand = self._draft(g, anchor, cl, lookup)
                 out_tokens, length, k_rows, v_rows, ck, cv = verify(g, tree, cl)
-                a = int(length.reshape(-1)[0])  # the host sync of the round
-                committed = out_tokens[: a + 1].tolist()
+                a = int(length.item())  # the host sync of the round
+                committed = out_tokens.tolist()[: a + 1]
                 if policy and g.budget != PLAIN:
                     policy.observe(g.budget, committed, cand.tolist() if cand is not None else None,
                                    *((lookup.last, lookup.context) if lookup else ()))
                 clock.commit(self._write, L, a + 1, k_rows, v_rows, ck, cv)
                 L += a + 1
-                anchor = out_tokens[a: a + 1].clone()
+                anchor = out_tokens.narrow(0, a, 1).clone()
                 run.record_round(g, committed, lookup)
                 clock.stop()
                 yield run.emit(committed)
