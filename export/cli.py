@@ -202,7 +202,9 @@ def run_inspect(args: argparse.Namespace) -> int:
         bud = m.budgets
         rows = ", ".join(f"{'plain' if b == 1 else f'B={b}'} {bud.cost(b):.2f} ms (depth {bud.depth[b]})"
                          for b in bud.compiled)
+        chain = bud.cost_ms.get("chain")  # the lookup chain alone (verify.chain)
         print(f"budgets    adaptive by default; calibrated round cost: {rows}"
+              + (f", chain alone {chain:.2f} ms" if chain is not None else "")
               + (f"; ar_step {bud.ar_step_ms:.2f} ms" if bud.ar_step_ms is not None else ""))
     if m.autotune:
         print(f"autotune   {m.autotune}")

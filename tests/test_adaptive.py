@@ -157,7 +157,7 @@ def test_fixed_budget_must_be_compiled(aoti_artifact):
         engine.generate([5, 6, 7], 4, budget=5)
 
 
-def test_aoti_artifact_with_budgets(tiny_models, tmp_path, inductor_cache):
+def test_aoti_artifact_with_budgets(tiny_models, tmp_path, inductor_cache, capsys):
     from jetspec_compile.export.pipeline import export_model
     from jetspec_compile.graphs import SpecConfig
     from jetspec_compile.runtime import load
@@ -179,6 +179,12 @@ def test_aoti_artifact_with_budgets(tiny_models, tmp_path, inductor_cache):
             assert engine.generate(ids, 50, budget=b).tokens == ref
     eager = load(out, mode="eager")
     assert eager.generate(ids, 30).tokens == ref[:30]
+    from jetspec_compile.cli import main
+
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0  # every arm's calibrated cost, the chain alone's too
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("budgets"))
+    assert "plain" in line and "B=4" in line and "chain alone" in line and "ar_step" in line
 
 
 def test_policy_credits_deeper_trees_beyond_a_shallow_round():
