@@ -23,7 +23,6 @@ only chooses which exact graphs run, so decoding stays lossless.
 from __future__ import annotations
 
 import heapq
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -86,13 +85,6 @@ class BudgetPolicy:
         self._reshape()
 
     # ---- choosing -------------------------------------------------------------------------------------
-    def rate(self, arm: int, context: int | None = None) -> float:
-        """Predicted tokens per second of ``arm`` (a budget, CHAIN or PLAIN), in a lookup ``context`` once
-        the arm has been seen there often enough (None: over all rounds)."""
-        if arm == PLAIN:
-            return 1.0 / self.plain_cost
-        return self._rates(context)[arm]
-
     def best_budget(self, context: int | None = None) -> int:
         """The speculative budget (the head's tree) with the highest predicted rate."""
         rates = self._rates(context)

@@ -71,6 +71,8 @@ def export(args, art: Path) -> dict:
            "--prefill-chunk", str(args.prefill_chunk), "--no-sampling", "--out", str(art), "--force"]
     if args.budgets:
         cmd += ["--budgets", args.budgets]
+    if args.lookup:
+        cmd += ["--lookup", str(args.lookup)]
     print("$ jetspec-compile " + " ".join(cmd[5:]), flush=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     p = subprocess.run(cmd, env=env, stdout=None, stderr=subprocess.PIPE, text=True)
@@ -102,6 +104,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=int, default=16, help="the artifact's own budget")
     ap.add_argument("--budgets", default="4,8,32,64", help="more budgets compiled into the same artifact")
     ap.add_argument("--topk", type=int, default=4)
+    ap.add_argument("--lookup", type=int, default=0, help="a prompt-lookup chain of L tokens (with --budgets: "
+                    "the chain alone, verify.chain, is timed too)")
     ap.add_argument("--max-seq-len", type=int, default=2048)
     ap.add_argument("--prefill-chunk", type=int, default=128)
     ap.add_argument("--cache-len", type=int, default=512)
@@ -181,6 +185,7 @@ class _State:
 def _latencies(st: _State, iters: int, res: dict) -> tuple[dict, dict]:
     """Each graph timed in isolation from the same state: ar_step, each budget's draft and verify, the plain step."""
     from bench_graphs import timed
+    from jetspec_compile.adaptive import CHAIN
 
     dec, cl, anchor = st.dec, st.cl, st.anchor
     gc.collect()
@@ -199,6 +204,12 @@ def _latencies(st: _State, iters: int, res: dict) -> tuple[dict, dict]:
         plain = dec._arm_graphs(1)
         root = dec._plain_tree(anchor)
         res["plain_verify_b1"] = timed(lambda: plain.verify(*root, cl, dec.k_cache, dec.v_cache), iters)
+    if dec.has_chain_arm:  # the lookup chain alone: 1 + L verify rows, no draft
+        chain = dec._arm_graphs(CHAIN)
+        tree = st.draft(dec, chain)
+        res["chain_verify"] = timed(lambda: chain.verify(*tree, cl, dec.k_cache, dec.v_cache), iters)
+        res["chain_verify"]["rows"] = chain.nodes
+        print(f"chain alone ({chain.nodes} rows): verify {res['chain_verify']['median_ms']:.1f} ms", flush=True)
     gc.enable()
     res["ar_step"] = ar
     return lat, ar
@@ -240,6 +251,7 @@ def _host_and_lossless(st: _State, eng, lat: dict, ar: dict, gen_tokens: int, re
 def _compiled_vs_eager(st: _State, eng, art: Path, args) -> dict:
     """The compiled graphs against the eager ones from the same state, and a short decode of both."""
     import torch
+    from jetspec_compile.adaptive import CHAIN
     from jetspec_compile.runtime import load
 
     t0 = time.perf_counter()
@@ -252,8 +264,9 @@ def _compiled_vs_eager(st: _State, eng, art: Path, args) -> dict:
         ce["graphs"]["ar_step"] = {"token_equal": bool(torch.equal(c_ar[0], e_ar[0])),
                                    "logits_max_abs": max_abs(c_ar[1], e_ar[1]),
                                    "kv_max_abs": max(max_abs(c_ar[2], e_ar[2]), max_abs(c_ar[3], e_ar[3]))}
-        for b in st.spec_budgets:
-            ce["graphs"][f"B={b}"] = _compare_round(st, dec._arm_graphs(b), eg._arm_graphs(b))
+        for b in st.spec_budgets + ([CHAIN] if dec.has_chain_arm else []):
+            name = "chain" if b == CHAIN else f"B={b}"
+            ce["graphs"][name] = _compare_round(st, dec._arm_graphs(b), eg._arm_graphs(b))
     short = st.prompt[:64]
     rounds = {}
     for b in (args.budget,):
@@ -298,7 +311,10 @@ def render_md(res: dict) -> str:
              f"- export {exp.get('wall_s', float('nan')):.0f} s wall, peak RSS of the exporting process "
              f"{exp.get('peak_rss_bytes', 0) / 1e9:.2f} GB = {exp.get('peak_over_weights', float('nan')):.2f}x weights",
              f"- ar_step {a:.1f} ms" + (f", plain step (verify at B=1) {res['plain_verify_b1']['median_ms']:.1f} ms"
-                                         if "plain_verify_b1" in res else ""),
+                                         if "plain_verify_b1" in res else "")
+             + (f", the lookup chain alone (verify.chain, {res['chain_verify']['rows']} rows) "
+                f"{res['chain_verify']['median_ms']:.1f} ms = {res['chain_verify']['median_ms'] / a:.2f}x ar_step"
+                if "chain_verify" in res else ""),
              "",
              "| B | D | draft ms | verify ms | verify/ar_step | draft/ar_step | host/round ms (share) | "
              "break-even tau | paper tau | projected speedup (projection, not measured) | "
