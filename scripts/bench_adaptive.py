@@ -74,6 +74,7 @@ def main(argv=None) -> int:
     p.add_argument("--artifact", required=True)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--n", type=int, default=4, help="prompts per set")
+    p.add_argument("--offset", type=int, default=0, help="skip the first held-out files (another prompt set)")
     p.add_argument("--prompt-tokens", type=int, default=200)
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--out", default="runs/bench-adaptive")
@@ -87,8 +88,8 @@ def main(argv=None) -> int:
     clock = PolicyClock()
     if args.recalibrate:
         print("round costs measured here (ms):", engine.calibrate(), flush=True)
-    code = heldout_prompts(engine, args.n, args.prompt_tokens)[0]
-    sets = {"code": code, "repeat": repeat_prompts(engine, args.n, args.prompt_tokens)[0],
+    code = heldout_prompts(engine, args.offset + args.n, args.prompt_tokens)[0][args.offset:]
+    sets = {"code": code, "repeat": repeat_prompts(engine, args.offset + args.n, args.prompt_tokens)[0][args.offset:],
             "prose": [engine.encode(t) for t in PROSE[: args.n]]}
     sets["mixed"] = [q for s in ("code", "repeat", "prose") for q in sets[s]]
     sets = {k: v for k, v in sets.items() if k in args.sets.split(",")}
