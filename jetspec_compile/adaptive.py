@@ -68,13 +68,10 @@ class BudgetPolicy:
         self.hits = [[1.6] + [0.2] * (topk - 1) for _ in range(self.D)]
         self.paths: dict[int, set[tuple[int, ...]]] = {}
         self.ext: dict[int, dict[tuple[int, ...], float]] = {}  # per budget: expected depth beyond each node
-        # running means of counterfactual tokens per round, per arm (CHAIN: the chain alone, kept even where it
-        # is no arm, since every tree carries the chain): over all rounds and per lookup context, with the
-        # rounds each was observed in
-        self.expect = {b: 1.0 for b in [*self.cost, CHAIN]}
-        self.expect_ctx = [dict(self.expect) for _ in range(CONTEXTS)]
-        self.n = dict.fromkeys(self.expect, 0)
-        self.n_ctx = [dict(self.n) for _ in range(CONTEXTS)]
+        # running means of counterfactual tokens per round, per lookup context and arm (CHAIN: the chain alone,
+        # kept even where it is no arm, since every tree carries the chain), with the rounds each was observed in
+        self.expect_ctx = [{b: 1.0 for b in [*self.cost, CHAIN]} for _ in range(CONTEXTS)]
+        self.n_ctx = [dict.fromkeys(self.expect_ctx[0], 0) for _ in range(CONTEXTS)]
         for c in range(1, CONTEXTS):  # where an n-gram matched, the chain starts as if seen twice committing 2
             self.expect_ctx[c][CHAIN], self.n_ctx[c][CHAIN] = 2.0, 2  # (optimistic: a few misses cannot lock it out)
         self.observed = 0  # speculative (head) rounds observed
@@ -85,20 +82,18 @@ class BudgetPolicy:
         self._reshape()
 
     # ---- choosing -------------------------------------------------------------------------------------
-    def best_budget(self, context: int | None = None) -> int:
+    def best_budget(self, context: int) -> int:
         """The speculative budget (the head's tree) with the highest predicted rate."""
         rates = self._rates(context)
         return max((b for b in rates if b != CHAIN), key=rates.__getitem__)
 
-    def _rates(self, context: int | None) -> dict[int, float]:
-        """Predicted tokens per second of every arm: over all rounds (``context`` None), or in ``context``.
-        There a tree's estimate is its own mean once it has run there ``min_context`` times, else the tree
-        model's (the head's tree alone, or the chain's mean there if higher: the tree carries the chain too).
-        The chain's mean is known from every round that verified it. Without an n-gram match (context 0) the
-        chain alone proposes nothing: it is no choice."""
+    def _rates(self, context: int) -> dict[int, float]:
+        """Predicted tokens per second of every arm in lookup ``context``. A tree's estimate is its own mean
+        once it has run there ``min_context`` times, else the tree model's (the head's tree alone, or the
+        chain's mean there if higher: the tree carries the chain too). The chain's mean is known from every
+        round that verified it. Without an n-gram match (context 0) the chain alone proposes nothing: it is
+        no choice."""
         scale = self.actual / self.modelled if self.modelled > 0 else 1.0
-        if context is None:
-            return {b: max(1.0, self.expect[b] * (1.0 if b == CHAIN else scale)) / c for b, c in self.cost.items()}
         ctx, n = self.expect_ctx[context], self.n_ctx[context]
         chain = ctx[CHAIN] if context > 0 else 1.0  # (known from every round that verified the chain)
         out = {}
@@ -123,7 +118,7 @@ class BudgetPolicy:
         if 1.0 / self.plain_cost > rates[best] * (1.0 + self.margin):
             best = PLAIN
         if self.since_head >= self.explore and best in (PLAIN, CHAIN):
-            b = self.best_budget(context)
+            b = max((x for x in rates if x != CHAIN), key=rates.__getitem__)  # the best tree
             chain = self.expect_ctx[context][CHAIN] if context > 0 else 1.0
             rate = 1.0 / self.plain_cost if best == PLAIN else rates[best]
             if self.observed == 0 or (chain + self.model[b] - 1.0) / self.cost[b] > rate:
@@ -161,9 +156,7 @@ class BudgetPolicy:
     def _update(self, b: int, context: int, cf: float) -> None:
         """Fold one counterfactual round of arm ``b`` into its means (a plain mean until 1/alpha rounds)."""
         ctx, n_ctx = self.expect_ctx[context], self.n_ctx[context]
-        self.expect[b] += max(self.alpha, 1.0 / (self.n[b] + 1)) * (cf - self.expect[b])
         ctx[b] += max(self.alpha, 1.0 / (n_ctx[b] + 1)) * (cf - ctx[b])
-        self.n[b] += 1
         n_ctx[b] += 1
 
     def _ranks(self, committed: Sequence[int], cand: Sequence[Sequence[int]]) -> list[int]:

@@ -194,8 +194,8 @@ def test_policy_credits_deeper_trees_beyond_a_shallow_round():
     pol = BudgetPolicy([Arm(4, 1, 0.01), Arm(16, 4, 0.012)], 1.0, 3)
     for _ in range(20):
         pol.observe(4, [10, 10], [[10, 11, 12]])  # depth 1 accepted its top token (one drafted depth known)
-    assert pol.expect[4] == pytest.approx(2.0)
-    assert pol.expect[16] > 2.5  # without the credit both would be 1 + 1 known depth
+    assert pol.expect_ctx[0][4] == pytest.approx(2.0)
+    assert pol.expect_ctx[0][16] > 2.5  # without the credit both would be 1 + 1 known depth
 
 
 def test_policy_picks_the_budget_per_lookup_context():
