@@ -82,11 +82,6 @@ class BudgetPolicy:
         self._reshape()
 
     # ---- choosing -------------------------------------------------------------------------------------
-    def best_budget(self, context: int) -> int:
-        """The speculative budget (the head's tree) with the highest predicted rate."""
-        rates = self._rates(context)
-        return max((b for b in rates if b != CHAIN), key=rates.__getitem__)
-
     def _rates(self, context: int) -> dict[int, float]:
         """Predicted tokens per second of every arm in lookup ``context``. A tree's estimate is its own mean
         once it has run there ``min_context`` times, else the tree model's (the head's tree alone, or the
