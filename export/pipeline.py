@@ -15,10 +15,8 @@ from jetspec_compile.artifact import (Budgets, GraphEntry, Manifest, ModelInfo, 
                                       write_manifest)
 from jetspec_compile.atomic import atomic_folder
 from jetspec_compile.backends import GraphJob, compile_graphs, get_backend, graph_weights
-from jetspec_compile.errors import JetSpecError
-from jetspec_compile.graphs import (CHAIN_BUDGET, GRAPH_NAMES, PLAIN_BUDGET, SpecConfig, _static_tree,
-                                    budget_graph_name, budget_graph_names, budget_spec, build_graphs,
-                                    example_inputs)
+from jetspec_compile.graphs import (CHAIN_BUDGET, GRAPH_NAMES, SpecConfig, _static_tree, budget_graph_name,
+                                    budget_graph_names, budget_spec, build_graphs, example_inputs, extra_budgets)
 from jetspec_compile.head import DraftHead
 from jetspec_compile.safetensors_io import save_safetensors
 from jetspec_compile.target import Target
@@ -64,12 +62,8 @@ def export_model(
     full_depth = head.depth
     if spec.tree == "static" and spec.static_tree is None:  # freeze the default topology at the full depth
         spec = replace(spec, static_tree=_static_tree(spec, head).to_json())
-    extra = sorted({int(b) for b in budgets} - {spec.budget})
-    if extra and extra[0] < 1:
-        raise JetSpecError(f"budgets {list(budgets)}: expected integers >= 1")
     specs = {spec.budget: spec}
-    arms = extra + ([PLAIN_BUDGET] if extra and PLAIN_BUDGET not in extra else [])
-    for b in arms + ([CHAIN_BUDGET] if extra and spec.lookup else []):
+    for b in extra_budgets(spec.budget, budgets, spec.lookup):
         specs[b] = budget_spec(spec, b, (static_trees or {}).get(b))
         specs[b].validate(head)
     try:

@@ -90,7 +90,7 @@ class BudgetPolicy:
         no choice."""
         scale = self.actual / self.modelled if self.modelled > 0 else 1.0
         ctx, n = self.expect_ctx[context], self.n_ctx[context]
-        chain = ctx[CHAIN] if context > 0 else 1.0  # (known from every round that verified the chain)
+        chain = self._chain_mean(context)
         out = {}
         for b, cost in self.cost.items():
             if b == CHAIN:
@@ -100,6 +100,11 @@ class BudgetPolicy:
             e = ctx[b] if n[b] >= self.min_context else max(self.model[b], chain)
             out[b] = max(1.0, e * scale) / cost
         return out
+
+    def _chain_mean(self, context: int) -> float:
+        """Tokens the chain alone commits per round in ``context`` (known from every round that verified the
+        chain; 1 without an n-gram match, where it proposes nothing)."""
+        return self.expect_ctx[context][CHAIN] if context > 0 else 1.0
 
     def choose(self, context: int = 0) -> int:
         """The arm of the next round in lookup ``context``: a budget, CHAIN or PLAIN.
@@ -114,9 +119,8 @@ class BudgetPolicy:
             best = PLAIN
         if self.since_head >= self.explore and best in (PLAIN, CHAIN):
             b = max((x for x in rates if x != CHAIN), key=rates.__getitem__)  # the best tree
-            chain = self.expect_ctx[context][CHAIN] if context > 0 else 1.0
             rate = 1.0 / self.plain_cost if best == PLAIN else rates[best]
-            if self.observed == 0 or (chain + self.model[b] - 1.0) / self.cost[b] > rate:
+            if self.observed == 0 or (self._chain_mean(context) + self.model[b] - 1.0) / self.cost[b] > rate:
                 best = b
         self.since_head = 0 if best not in (PLAIN, CHAIN) else self.since_head + 1
         return best

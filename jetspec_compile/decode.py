@@ -138,6 +138,11 @@ def arm_key(budget: int) -> str:
     return "chain" if budget == CHAIN else str(budget)
 
 
+def arm_label(budget: int) -> str:
+    """An arm's name in statistics: "plain" for plain steps, else its cost key."""
+    return "plain" if budget == PLAIN else arm_key(budget)
+
+
 @dataclass(frozen=True)
 class _ArmGraphs:
     """The graphs one arm runs: draft (None for a plain step and the chain alone), verify, verify_sample."""
@@ -346,6 +351,16 @@ class Decoder:
         chain = (lookup.chain, lookup.chain_len) if g.lookup else ()
         tree = g.draft(anchor, cl, self.ctx_k, self.ctx_v, *chain)
         return tree[:4], (tree[5] if len(tree) > 5 else None)
+
+    def recalibrate(self, reps: int = 10) -> dict[str, float]:
+        """`calibrate`, then run adaptive decoding on the measured costs: every budget's, and the chain
+        alone's wherever it can run. Returns the costs (seconds)."""
+        costs = self.calibrate(reps)
+        arms = dict(self.arms)
+        if self.has_chain_arm:
+            arms[CHAIN] = Arm(CHAIN, self.L, 0.0)
+        self.arms = {b: replace(a, cost_s=costs[arm_key(b)]) for b, a in arms.items()}
+        return costs
 
     def calibrate(self, reps: int = 10, cache_len: int | None = None) -> dict[str, float]:
         """Median seconds of one round (draft + verify + the host sync) at every budget ("1": a plain step,
@@ -577,7 +592,7 @@ class _Run:
         st.rounds += 1
         st.accepted.append(len(committed))
         if g is not None:
-            key = "plain" if g.budget == PLAIN else arm_key(g.budget)
+            key = arm_label(g.budget)
             st.budget_rounds[key] = st.budget_rounds.get(key, 0) + 1
         if lookup:
             if g is not None and g.lookup:

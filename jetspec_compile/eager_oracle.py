@@ -3,16 +3,15 @@ loop of jetspec_compile.decode. This is the oracle every compiled backend is tes
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from .adaptive import CHAIN, Arm
-from .decode import CacheDims, Decoder, Stats, arm_key
+from .decode import CacheDims, Decoder, Stats
 from .errors import JetSpecError
-from .graphs import PLAIN_BUDGET, SpecConfig, budget_graph_name, budget_graph_names, budget_spec, build_graphs
+from .graphs import SpecConfig, budget_graph_name, budget_graph_names, budget_spec, build_graphs, extra_budgets
 from .head import DraftHead
 from .target import Target
 from .tree import StaticTree
@@ -53,26 +52,20 @@ def eager_decoder(target: Target, head: DraftHead, spec: SpecConfig, names=None,
     graphs = build_graphs(target, head, spec, names) if names else build_graphs(target, head, spec)
     sampling = names is None or "verify_sample" in names
     arms = []
-    extra = sorted({int(b) for b in budgets} - {spec.budget})
-    for b in extra + ([PLAIN_BUDGET] if extra and PLAIN_BUDGET not in extra else []) + \
-            ([CHAIN] if extra and spec.lookup else []):  # (the chain alone: verify.chain)
-        bspec = budget_spec(spec, b)
+    specs = {b: budget_spec(spec, b) for b in extra_budgets(spec.budget, budgets, spec.lookup)}
+    for b, bspec in specs.items():
         built = build_graphs(target, head, bspec, budget_graph_names(b, sampling))
         graphs.update({budget_graph_name(n, b): g for n, g in built.items()})
-        if b != CHAIN:
-            arms.append(Arm(b, bspec.reachable_depth(head), (costs or {}).get(b, 1.0)))
-    if arms:  # the model's own budget is one of the adaptive policy's choices too
-        arms.append(Arm(spec.budget, spec.reachable_depth(head), (costs or {}).get(spec.budget, 1.0)))
-        if spec.lookup and costs is not None and CHAIN in costs:  # the chain alone (CHAIN: 0)
+    if specs:  # the model's own budget is one of the adaptive policy's choices too
+        arms = [Arm(b, s.reachable_depth(head), (costs or {}).get(b, 1.0))
+                for b, s in {**specs, spec.budget: spec}.items() if b != CHAIN]
+        if costs is not None and CHAIN in specs and CHAIN in costs:  # the chain alone (CHAIN: 0)
             arms.append(Arm(CHAIN, spec.lookup, costs[CHAIN]))
     dec = Decoder(EagerGraphs(graphs), budget=spec.budget, topk=spec.topk, max_seq_len=spec.max_seq_len,
                   prefill_chunk=spec.prefill_chunk, dims=cache_dims(target, head), device=target.device,
                   lookup=spec.lookup, arms=arms)
     if arms and costs is None:
-        measured = dec.calibrate(reps=3)
-        if dec.has_chain_arm:
-            arms.append(Arm(CHAIN, spec.lookup, 0.0))
-        dec.arms = {a.budget: replace(a, cost_s=measured[arm_key(a.budget)]) for a in arms}
+        dec.recalibrate(reps=3)
     return dec
 
 

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .accept import accept, greedy_tokens, sample_tokens
+from .adaptive import CHAIN as CHAIN_BUDGET, PLAIN as PLAIN_BUDGET  # noqa: F401  (the two non-tree arms)
 from .attention import CacheAttention, causal_mask
 from .errors import JetSpecError
 from .head import DraftHead
@@ -37,8 +39,8 @@ from .tree import StaticTree, Tree, build_tree, default_static_tree
 
 GRAPH_NAMES = ("prefill", "draft", "verify", "verify_sample", "ar_step")
 BUDGET_GRAPHS = ("draft", "verify", "verify_sample")  # the graphs whose shapes depend on the budget
-PLAIN_BUDGET = 1  # a "budget" of the root alone: a plain step that also writes the draft context
-CHAIN_BUDGET = 0  # the lookup chain alone under the root (1 + L nodes, no draft): graphs named ``verify.chain``
+# PLAIN_BUDGET (1): a "budget" of the root alone, a plain step that also writes the draft context;
+# CHAIN_BUDGET (0): the lookup chain alone under the root (1 + L nodes, no draft), graphs named ``verify.chain``
 
 
 def budget_graph_name(base: str, budget: int) -> str:
@@ -64,6 +66,17 @@ def budget_spec(spec: "SpecConfig", budget: int, static_tree: dict | None = None
         return replace(spec, budget=1, lookup=spec.lookup if budget == CHAIN_BUDGET else 0, tree="dynamic",
                        static_tree=None)
     return replace(spec, budget=budget, static_tree=static_tree)
+
+
+def extra_budgets(main: int, budgets: Sequence[int], lookup: int) -> list[int]:
+    """The budgets compiled beside the model's own ``main``: ``budgets``, and with any of them the plain step
+    and, with a lookup chain, the chain alone."""
+    extra = sorted({int(b) for b in budgets} - {main})
+    if extra and extra[0] < 1:
+        raise JetSpecError(f"budgets {list(budgets)}: expected integers >= 1")
+    if not extra:
+        return []
+    return extra + ([PLAIN_BUDGET] if PLAIN_BUDGET not in extra else []) + ([CHAIN_BUDGET] if lookup else [])
 
 
 def budget_graph_names(budget: int, sampling: bool) -> tuple[str, ...]:

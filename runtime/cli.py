@@ -56,6 +56,8 @@ def _acceptance(st) -> str:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from jetspec_compile.decode import arm_label
+
     from .engine import load
 
     torch.set_num_threads(args.threads)
@@ -79,7 +81,7 @@ def run_generate(args: argparse.Namespace) -> int:
             for b in engine.decoder.fixed_arms:
                 engine.generate(args.prompt, args.max_new_tokens, budget=b, **kw)
                 st = engine.last_stats
-                print(f"compare: fixed budget {({0: 'chain', 1: 'plain'}).get(b, b)}: {st.tokens_per_s:.1f} tok/s "
+                print(f"compare: fixed budget {arm_label(b)}: {st.tokens_per_s:.1f} tok/s "
                       f"({st.tokens_per_s / max(ar.tokens_per_s, 1e-9):.2f}x ar_step, tau {st.tau:.2f})",
                       file=sys.stderr)
     return 0

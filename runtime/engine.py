@@ -6,7 +6,7 @@ same loop for every backend and for the eager oracle), stop tokens / strings and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -14,7 +14,7 @@ import torch
 
 from jetspec_compile.adaptive import CHAIN, Arm
 from jetspec_compile.artifact import Manifest
-from jetspec_compile.decode import Decoder, Stats, arm_key
+from jetspec_compile.decode import Decoder, Stats
 from jetspec_compile.graphs import budget_graph_name, budget_spec, split_graph_name
 from jetspec_compile.errors import ArtifactError, JetSpecError
 
@@ -72,11 +72,7 @@ class Engine:
 
     def calibrate(self, reps: int = 10) -> dict[str, float]:
         """Re-measure each budget's round cost on this machine (ms) and use it for adaptive decoding."""
-        dec = self.decoder
-        costs = dec.calibrate(reps)
-        if dec.has_chain_arm:  # the chain alone is an arm wherever it can run
-            dec.arms[CHAIN] = Arm(CHAIN, dec.L, 0.0)
-        dec.arms = {b: replace(a, cost_s=costs[arm_key(b)]) for b, a in dec.arms.items()}
+        costs = self.decoder.recalibrate(reps)
         return {k: round(v * 1e3, 4) for k, v in costs.items()}
 
     def replica(self) -> "Engine":
