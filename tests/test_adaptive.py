@@ -185,6 +185,10 @@ def test_aoti_artifact_with_budgets(tiny_models, tmp_path, inductor_cache, capsy
     assert main(["inspect", str(out)]) == 0  # every arm's calibrated cost, the chain alone's too
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("budgets"))
     assert "plain" in line and "B=4" in line and "chain alone" in line and "ar_step" in line
+    assert main(["generate", str(out), "hello", "--max-new-tokens", "12", "--compare"]) == 0
+    err = capsys.readouterr().err  # every fixed arm's rate beside the adaptive one
+    assert [x.split(":")[1].split()[-1] for x in err.splitlines() if x.startswith("compare: fixed budget")] \
+        == ["chain", "plain", "4", "8"]
 
 
 def test_policy_credits_deeper_trees_beyond_a_shallow_round():
