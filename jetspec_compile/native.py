@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import JetSpecError
 
-SOURCES = [Path(__file__).parent / "csrc" / f for f in ("tree_attention.cpp", "linear.cpp")]
+SOURCES = [Path(__file__).parent / "csrc" / f for f in ("tree_attention.cpp", "linear.cpp", "panel_gemm.cpp")]
 NAMES = ", ".join(s.name for s in SOURCES)
 _LOADED: list[str] = []
 

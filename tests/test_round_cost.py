@@ -3,7 +3,9 @@
 * Drafting only reachable depths: a dynamic tree of B nodes with K children per expansion is at most
   ceil((B-1)/K) deep, so the tree built from the pruned draft equals the one built from every depth.
 * `jetspec::linear` equals `F.linear` with and without a registered (prepacked) weight; a weight modified
-  in place is re-packed, a freed one forgotten.
+  in place is re-packed, a freed one forgotten. A registered fp32 weight runs the panel GEMM
+  (csrc/panel_gemm.cpp) over every row count, ragged N and K, with a bias, and is bitwise batch-invariant:
+  row i of linear(x) equals linear(x[i:i+1]).
 * The aoti artifact's graphs call the native linear and record the pruned depth in the manifest.
 """
 
@@ -61,6 +63,21 @@ def test_native_linear_equals_linear(m):
     del w
     gc.collect()
     assert torch.ops.jetspec.registered_linear_weights() == before - 1  # freed: forgotten
+
+
+@pytest.mark.parametrize("N,K", [(1, 1), (15, 7), (17, 300), (40, 64), (200, 33)])
+def test_panel_gemm_rows_ragged_shapes_and_batch_invariance(N, K):
+    g = torch.Generator().manual_seed(N * 1000 + K)
+    w, b = torch.randn(N, K, generator=g), torch.randn(N, generator=g)
+    assert torch.ops.jetspec.prepack_linear(w) == 1
+    for m in (0, 1, 2, 3, 4, 5, 6, 7, 13, 17, 25, 64, 130):
+        x = torch.randn(m, K, generator=g)
+        y = torch.ops.jetspec.linear(x, w, b)
+        torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=1e-5 * math.sqrt(K))
+        rows = [torch.ops.jetspec.linear(x[i:i + 1], w, b) for i in range(m)]
+        assert m == 0 or torch.equal(y, torch.cat(rows)), m  # the same bits whatever the row count
+    xt = torch.randn(K, 9, generator=g).t()  # a non-contiguous input
+    torch.testing.assert_close(torch.ops.jetspec.linear(xt, w), F.linear(xt, w), rtol=1e-5, atol=1e-5 * math.sqrt(K))
 
 
 def test_native_linear_opcheck():

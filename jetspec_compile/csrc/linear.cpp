@@ -1,7 +1,8 @@
-// jetspec::linear(x, w, b) == torch.nn.functional.linear(x, w, b), with the weight kept in the layout
-// oneDNN's GEMM wants. On this project's CPUs, MKL's fp32 GEMV/GEMM over [out, in] weights reaches about
-// 11 GB/s at M = 1 and re-packs the weight on every call at small M; a oneDNN-prepacked weight is up
-// to 3x faster at M = 1..64.
+// jetspec::linear(x, w, b) == torch.nn.functional.linear(x, w, b), with the weight kept in the layout a
+// GEMM wants. On this project's CPUs, MKL's fp32 GEMV/GEMM over [out, in] weights reaches about 11 GB/s at
+// M = 1 and re-packs the weight on every call at small M. An fp32 weight is packed once into 16-column
+// panels for the AVX2 kernel of panel_gemm.cpp (1.6-2.5x MKL and oneDNN at M = 1, bitwise batch-invariant);
+// a bf16 weight, or any weight on a CPU without AVX2 + FMA, into oneDNN's prepacked layout.
 //
 // The runtime registers every linear weight once (jetspec::prepack_linear) after loading; a registered
 // weight is packed once and shared by every graph that reads it. The registry holds only a weak
@@ -15,6 +16,12 @@
 #include <mutex>
 #include <unordered_map>
 #include <vector>
+
+namespace jetspec {
+bool panel_gemm_available();
+at::Tensor pack_panels(const at::Tensor& weight);
+at::Tensor panel_linear(const at::Tensor& x, const at::Tensor& packed, int64_t N, const std::optional<at::Tensor>& b);
+}  // namespace jetspec
 
 namespace {
 
@@ -32,7 +39,10 @@ bool packable(const at::Tensor& w) {
          (w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16) && at::globalContext().userEnabledMkldnn();
 }
 
+bool panel_layout(const at::Tensor& w) { return w.scalar_type() == at::kFloat && jetspec::panel_gemm_available(); }
+
 at::Tensor reorder(const at::Tensor& w) {
+  if (panel_layout(w)) return jetspec::pack_panels(w);
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("mkldnn::_reorder_linear_weight", "")
                        .typed<at::Tensor(const at::Tensor&, std::optional<int64_t>)>();
@@ -87,6 +97,7 @@ int64_t registered_linear_weights() {
 at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b) {
   at::Tensor packed = packable(w) && x.scalar_type() == w.scalar_type() ? lookup(w) : at::Tensor();
   if (!packed.defined()) return at::linear(x, w, b);
+  if (packed.dim() == 3) return jetspec::panel_linear(x, packed, w.size(0), b);
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
