@@ -47,11 +47,12 @@ class Arm:
 
 class BudgetPolicy:
     """Per-round choice among ``arms`` (speculative budgets), the chain alone (``chain_cost_s``; None: no chain
-    arm) and plain steps costing ``plain_cost_s``."""
+    arm) and plain steps costing ``plain_cost_s``. ``chain_len``: the lookup chain's nodes (L), which set the
+    chain's optimistic start where an n-gram matched."""
 
     def __init__(self, arms: Sequence[Arm], plain_cost_s: float, topk: int, *, chain_cost_s: float | None = None,
                  alpha: float = 0.125, decay: float = 0.97, refresh: int = 8, explore: int = 16,
-                 margin: float = 0.1, min_context: int = 4):
+                 margin: float = 0.1, min_context: int = 4, chain_len: int = 0):
         if not arms:
             raise ValueError("BudgetPolicy needs at least one speculative budget")
         self.arms = smooth_costs(arms)
@@ -72,8 +73,12 @@ class BudgetPolicy:
         # kept even where it is no arm, since every tree carries the chain), with the rounds each was observed in
         self.expect_ctx = [{b: 1.0 for b in [*self.cost, CHAIN]} for _ in range(CONTEXTS)]
         self.n_ctx = [dict.fromkeys(self.expect_ctx[0], 0) for _ in range(CONTEXTS)]
-        for c in range(1, CONTEXTS):  # where an n-gram matched, the chain starts as if seen twice committing 2
-            self.expect_ctx[c][CHAIN], self.n_ctx[c][CHAIN] = 2.0, 2  # (optimistic: a few misses cannot lock it out)
+        # Where an n-gram matched, the chain starts optimistic: as if seen once committing all its L nodes + 1
+        # (seen twice committing 2 when L is not given), so it runs in each context until its own rounds show
+        # what it commits there. A start below a plain step's rate would never be tested: a chain round costs
+        # several plain steps once the GEMMs are fast (2.5x on the demo).
+        for c in range(1, CONTEXTS):
+            self.expect_ctx[c][CHAIN], self.n_ctx[c][CHAIN] = (1.0 + chain_len, 1) if chain_len else (2.0, 2)
         self.observed = 0  # speculative (head) rounds observed
         self.actual = self.modelled = 1.0  # running means of committed vs modelled tokens of the executed arm
         self.since_head = explore  # rounds since one ran the head's tree (the first round runs it)

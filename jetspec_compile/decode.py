@@ -333,7 +333,7 @@ class Decoder:
         if budget is not None or PLAIN not in self.arms or not spec:
             return None
         chain = self.arms.get(CHAIN)
-        return BudgetPolicy(spec, self.arms[PLAIN].cost_s, self.K,
+        return BudgetPolicy(spec, self.arms[PLAIN].cost_s, self.K, chain_len=self.L,
                             chain_cost_s=chain.cost_s if chain and self.has_chain_arm else None)
 
     def _plain_tree(self, anchor: Tensor) -> tuple[Tensor, ...]:

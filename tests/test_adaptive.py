@@ -262,3 +262,20 @@ def test_costs_are_smoothed_over_the_budget():
     linear = smooth_costs([Arm(4, 1, 6.0), Arm(8, 2, 6.5), Arm(16, 4, 7.5)])
     assert [a.cost_s for a in linear] == pytest.approx([6.0, 6.5, 7.5])
     assert [a.cost_s for a in smooth_costs([Arm(4, 1, 7.0), Arm(8, 2, 6.0)])] == pytest.approx([6.5, 6.5])
+
+
+def test_chain_starts_optimistic_so_an_expensive_chain_is_still_tried():
+    """With fast GEMMs a chain round costs several plain steps (2.5x on the demo). Where an n-gram matched, the
+    chain starts as if it had committed all L nodes once, so it is run and judged on its own rounds: kept
+    where it commits enough, given up where it does not."""
+    pol = BudgetPolicy([Arm(4, 1, 0.0035)], 0.001, 3, chain_cost_s=0.0027, chain_len=8)
+    chain = list(range(20, 28))
+    assert pol.choose(2) == 4  # the first round runs the head's tree
+    assert pol.choose(2) == CHAIN and pol.choose(1) == CHAIN
+    for _ in range(12):
+        pol.observe(CHAIN, [7], None, chain, context=1)  # a short match: nothing accepted
+        pol.observe(CHAIN, chain[:5] + [30], None, chain, context=2)  # a long one: 6 tokens a round
+    assert pol.choose(1) == PLAIN and pol.choose(2) == CHAIN
+    legacy = BudgetPolicy([Arm(4, 1, 0.0035)], 0.001, 3, chain_cost_s=0.0027)  # no L given: the old start
+    legacy.choose(2)
+    assert legacy.choose(2) == PLAIN  # 2 tokens / 2.7 ms never beats a plain step: the chain was never tried
