@@ -1,7 +1,7 @@
 """Export-time calibration: load the freshly compiled graphs and time one round of each budget.
 
 The costs are measured as the runtime runs the graphs: the compiled graphs of the artifact, over the shared
-weights, with every linear weight prepacked for oneDNN (``load_graph``), one thread, at a 256-row cache
+weights, with every linear weight prepacked for `jetspec::linear` (``load_graph``), one thread, at a 256-row cache
 (`Decoder.calibrate`: 10 interleaved repetitions, 5 when a call takes 50 ms or more).
 
 Memory. This is a multi-budget export's peak: the process holds the model's weights, what capture and compile

@@ -1,4 +1,5 @@
-"""Linear layers that run the native `jetspec::linear` (a oneDNN-prepacked GEMM on the CPU).
+"""Linear layers that run the native `jetspec::linear`: a prepacked GEMM on the CPU (the panel GEMM of
+`csrc/panel_gemm.cpp` for fp32 weights, oneDNN for bf16).
 
 `native_linears(module)` temporarily turns every `nn.Linear` under ``module`` into a `NativeLinear`
 (the same parameters under the same names; only `forward` differs), so a graph captured inside the

@@ -150,7 +150,7 @@ def _(x, w, b=None):
 
 
 def prepack_linear_weights(weights: dict[str, Tensor]) -> int:
-    """Register every 2-D CPU weight with the native `jetspec::linear` (packed once for oneDNN's GEMM,
+    """Register every 2-D CPU weight with the native `jetspec::linear` (packed once for its GEMM,
     shared by every graph that reads it). Returns how many were packed."""
     return sum(int(torch.ops.jetspec.prepack_linear(w)) for w in weights.values()
                if w.dim() == 2 and w.device.type == "cpu")

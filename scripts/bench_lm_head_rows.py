@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""jetspec::linear (oneDNN, prepacked) vs F.linear (MKL) on a Qwen3-0.6B-sized LM head [151936, 1024], fp32, one thread,
+"""jetspec::linear (prepacked: the panel GEMM for fp32) vs F.linear (MKL) on a Qwen3-0.6B-sized LM head [151936, 1024], fp32, one thread,
 at M = 1..16 rows (median of 9 after 3 warm-up calls). Usage: flock /tmp/jetspec-heavy.lock python scripts/bench_lm_head_rows.py"""
 import time, torch
 torch.set_num_threads(1)

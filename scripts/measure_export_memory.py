@@ -9,8 +9,9 @@ peak is VmHWM (the kernel's high-water mark, which no sampling can miss).
 
 Phases: build (the random model), capture+compile (every graph), write weights, and with --budgets the cost
 calibration split into its parts: ``calibrate: load graphs`` (aoti_load_package + user-managed constants),
-``calibrate: prepack`` (registering each graph's linear weights with jetspec::linear: a oneDNN copy of every
-2-D weight, once), ``calibrate: time rounds`` (Decoder.calibrate), then finish (manifest, rename). The phase
+``calibrate: prepack`` (registering each graph's linear weights with jetspec::linear: one packed copy of
+every 2-D weight, once; 16-column panels for fp32), ``calibrate: time rounds`` (Decoder.calibrate), then
+finish (manifest, rename). The phase
 marks come from the export's log lines and from wrappers around the backend's load_graph, the ops'
 prepack_linear_weights and Decoder.calibrate; the wrappers only record RSS, they change nothing.
 
