@@ -91,6 +91,42 @@ inline void scores_row(const float* q, const float* const* k, int64_t nk, int64_
   for (; j < nk; ++j) out[j] = dot(q, k[j], hd);
 }
 
+#ifdef JETSPEC_AVX2
+// The 4 sums of a0..a3, in order, as one 128-bit vector.
+inline __m128 sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+  const __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  return _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
+}
+#endif
+
+// Two query rows at once: s0[j] = q0 . k[j] and s1[j] = q1 . k[j] for j < nk. Each K row loaded serves
+// both rows, and 2 rows x 4 keys keep 8 independent FMA chains in flight.
+inline void scores_rows2(const float* q0, const float* q1, const float* const* k, int64_t nk, int64_t hd,
+                         float* s0, float* s1) {
+  int64_t j = 0;
+#ifdef JETSPEC_AVX2
+  if (hd % 8 == 0)
+    for (; j + 4 <= nk; j += 4) {
+      __m256 a[8];
+      for (int i = 0; i < 8; ++i) a[i] = _mm256_setzero_ps();
+      for (int64_t d = 0; d < hd; d += 8) {
+        const __m256 x0 = _mm256_loadu_ps(q0 + d), x1 = _mm256_loadu_ps(q1 + d);
+        for (int c = 0; c < 4; ++c) {
+          const __m256 kv = _mm256_loadu_ps(k[j + c] + d);
+          a[c] = _mm256_fmadd_ps(x0, kv, a[c]);
+          a[4 + c] = _mm256_fmadd_ps(x1, kv, a[4 + c]);
+        }
+      }
+      _mm_storeu_ps(s0 + j, sum4(a[0], a[1], a[2], a[3]));
+      _mm_storeu_ps(s1 + j, sum4(a[4], a[5], a[6], a[7]));
+    }
+#endif
+  for (; j < nk; ++j) {
+    s0[j] = dot(q0, k[j], hd);
+    s1[j] = dot(q1, k[j], hd);
+  }
+}
+
 // s[j] = exp(s[j] - m) in place; returns the sum.
 inline float exp_sum(float* s, int64_t n, float m) {
   int64_t j = 0;
@@ -153,6 +189,45 @@ inline void accumulate(float* acc, float c, const float* p, const float* const* 
   }
 }
 
+// Two rows at once: acc0 += sum_j p0[j] * v[j] and acc1 += sum_j p1[j] * v[j]. Each V row loaded serves
+// both rows, and 2 rows x 32 columns keep 8 independent FMA chains in flight (one row's 4 chains would
+// wait on the FMA latency).
+inline void accumulate2(float* acc0, float* acc1, const float* p0, const float* p1, const float* const* v,
+                        int64_t nk, int64_t hd) {
+  int64_t d = 0;
+#ifdef JETSPEC_AVX2
+  for (; d + 32 <= hd; d += 32) {
+    __m256 a[8];
+    for (int c = 0; c < 4; ++c) {
+      a[c] = _mm256_loadu_ps(acc0 + d + 8 * c);
+      a[4 + c] = _mm256_loadu_ps(acc1 + d + 8 * c);
+    }
+    for (int64_t j = 0; j < nk; ++j) {
+      const __m256 w0 = _mm256_set1_ps(p0[j]), w1 = _mm256_set1_ps(p1[j]);
+      const float* vr = v[j] + d;
+      for (int c = 0; c < 4; ++c) {
+        const __m256 vv = _mm256_loadu_ps(vr + 8 * c);
+        a[c] = _mm256_fmadd_ps(w0, vv, a[c]);
+        a[4 + c] = _mm256_fmadd_ps(w1, vv, a[4 + c]);
+      }
+    }
+    for (int c = 0; c < 4; ++c) {
+      _mm256_storeu_ps(acc0 + d + 8 * c, a[c]);
+      _mm256_storeu_ps(acc1 + d + 8 * c, a[4 + c]);
+    }
+  }
+#endif
+  for (; d < hd; ++d) {
+    float x0 = acc0[d], x1 = acc1[d];
+    for (int64_t j = 0; j < nk; ++j) {
+      x0 += p0[j] * v[j][d];
+      x1 += p1[j] * v[j][d];
+    }
+    acc0[d] = x0;
+    acc1[d] = x1;
+  }
+}
+
 // Row pointers of a K or V tile as fp32: direct for float, converted into `buf` otherwise.
 template <typename T>
 void tile_rows(const T* base, int64_t stride, int64_t j0, int64_t nk, int64_t hd, float* buf, const float** rows) {
@@ -200,9 +275,13 @@ void attend_tile(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
   auto run_tile = [&](const T* kbase, int64_t ks, const T* vbase, int64_t vs, int64_t j0, int64_t nk, bool masked) {
     tile_rows<T>(kbase, ks, j0, nk, hd, kbuf.data(), krows);
     bool any_visible = false;
+    int64_t i2 = 0;
+    for (; i2 + 2 <= nr; i2 += 2)
+      scores_rows2(qbuf.data() + i2 * hd, qbuf.data() + (i2 + 1) * hd, krows, nk, hd,
+                   scores.data() + i2 * kKeyTile, scores.data() + (i2 + 1) * kKeyTile);
+    if (i2 < nr) scores_row(qbuf.data() + i2 * hd, krows, nk, hd, scores.data() + i2 * kKeyTile);
     for (int64_t i = 0; i < nr; ++i) {
       float* s = scores.data() + i * kKeyTile;
-      scores_row(qbuf.data() + i * hd, krows, nk, hd, s);
       if (masked) {
         const bool* mrow = mask + trow[i] * mask_stride + j0;
         for (int64_t j = 0; j < nk; ++j)
@@ -223,7 +302,11 @@ void attend_tile(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
     }
     if (!any_visible) return;
     tile_rows<T>(vbase, vs, j0, nk, hd, vbuf.data(), vrows);
-    for (int64_t i = 0; i < nr; ++i) accumulate(acc.data() + i * hd, 1.f, scores.data() + i * kKeyTile, vrows, nk, hd);
+    int64_t i = 0;
+    for (; i + 2 <= nr; i += 2)
+      accumulate2(acc.data() + i * hd, acc.data() + (i + 1) * hd, scores.data() + i * kKeyTile,
+                  scores.data() + (i + 1) * kKeyTile, vrows, nk, hd);
+    if (i < nr) accumulate(acc.data() + i * hd, 1.f, scores.data() + i * kKeyTile, vrows, nk, hd);
   };
 
   const T* kcb = kc.data_ptr<T>() + h * kc.stride(0);
