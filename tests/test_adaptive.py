@@ -265,17 +265,23 @@ def test_costs_are_smoothed_over_the_budget():
 
 
 def test_chain_starts_optimistic_so_an_expensive_chain_is_still_tried():
-    """With fast GEMMs a chain round costs several plain steps (2.5x on the demo). Where an n-gram matched, the
-    chain starts as if it had committed all L nodes once, so it is run and judged on its own rounds: kept
-    where it commits enough, given up where it does not."""
+    """With fast GEMMs a chain round costs several plain steps (2-2.7x on the demo). Where a longer n-gram
+    matched, the chain starts as if it had committed all L nodes once, so it is run and judged on its own
+    rounds: kept where it commits enough, given up where it does not. After a 1-2 token match it starts
+    neutral (2 tokens, seen twice) and runs only once rounds that carry it show it commits enough."""
     pol = BudgetPolicy([Arm(4, 1, 0.0035)], 0.001, 3, chain_cost_s=0.0027, chain_len=8)
     chain = list(range(20, 28))
     assert pol.choose(2) == 4  # the first round runs the head's tree
-    assert pol.choose(2) == CHAIN and pol.choose(1) == CHAIN
+    assert pol.choose(2) == CHAIN and pol.choose(1) == PLAIN
     for _ in range(12):
-        pol.observe(CHAIN, [7], None, chain, context=1)  # a short match: nothing accepted
-        pol.observe(CHAIN, chain[:5] + [30], None, chain, context=2)  # a long one: 6 tokens a round
-    assert pol.choose(1) == PLAIN and pol.choose(2) == CHAIN
+        pol.observe(CHAIN, chain[:5] + [30], None, chain, context=2)  # a long match: 6 tokens a round
+    assert pol.choose(2) == CHAIN
+    for _ in range(12):
+        pol.observe(CHAIN, [7], None, chain, context=2)  # the long matches stop paying: nothing accepted
+    assert pol.choose(2) == PLAIN
+    for _ in range(8):
+        pol.observe(4, chain[:6] + [30], [[0, 1, 2]], chain, context=1)  # a tree carried a short match's chain
+    assert pol.choose(1) == CHAIN  # 7 tokens a round: the chain alone now pays after a short match too
     legacy = BudgetPolicy([Arm(4, 1, 0.0035)], 0.001, 3, chain_cost_s=0.0027)  # no L given: the old start
     legacy.choose(2)
     assert legacy.choose(2) == PLAIN  # 2 tokens / 2.7 ms never beats a plain step: the chain was never tried
