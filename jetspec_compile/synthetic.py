@@ -68,7 +68,7 @@ HEAD_BLOCK = 16      # block 16 (15 drafted depths)
 def synthetic_config(name: str, *, tie_word_embeddings: bool = False, num_layers: int | None = None):
     """The Qwen3Config for ``name`` (one of ``SYNTHETIC``): published shapes, layers as built (or
     ``num_layers`` decoder layers: every other shape stays the published one; the slow test uses 2)."""
-    from transformers import Qwen3Config
+    from transformers import Qwen3Config, Qwen3MoeConfig
 
     if name not in SYNTHETIC:
         raise ValueError(f"unknown synthetic model {name!r}; expected one of {', '.join(SYNTHETIC)}")
@@ -82,9 +82,8 @@ def synthetic_config(name: str, *, tie_word_embeddings: bool = False, num_layers
     p["num_hidden_layers"] = layers
     p["tie_word_embeddings"] = tie_word_embeddings
     rope_theta = p.pop("rope_theta")
-    if base in MOE:
-        from transformers import Qwen3MoeConfig as Qwen3Config  # noqa: N814
-    cfg = Qwen3Config(**p, rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
+    config_class = Qwen3MoeConfig if base in MOE else Qwen3Config
+    cfg = config_class(**p, rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
                       bos_token_id=None, pad_token_id=None, eos_token_id=None, attn_implementation="sdpa")
     return cfg
 

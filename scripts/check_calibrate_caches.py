@@ -3,7 +3,9 @@
 
 Round costs with torch.zeros caches vs the decoder's lazily mapped ones (decode.zero_cache), on one loaded
 artifact, alternated A B A B (Decoder.calibrate, reps 5 each, one thread)."""
-import json, sys, time
+import json
+import sys
+
 import torch
 torch.set_num_threads(1)
 from jetspec_compile.runtime import load

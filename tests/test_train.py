@@ -218,7 +218,8 @@ def test_init_from_target_copies_layers_and_starts_with_the_target_context():
 
 def test_anchor_chunks_give_the_same_gradient():
     """Splitting a sequence's anchors into chunks (anchor_chunk) sums to the one-forward loss and gradient."""
-    from jetspec_compile.train import TrainSequence, _sequence_stats
+    from jetspec_compile.train import TrainSequence
+    from jetspec_compile.train.loss import _sequence_stats
 
     target = tiny_target(num_layers=4, num_taps=2)
     head = build_head_for_target(target, mask_token_id=127, block_size=5, num_taps=2, seed=3, std=0.2)

@@ -28,11 +28,11 @@ warm-started heads), :mod:`.evaluation` (held-out loss, agreement, chain tau), :
 """
 
 from .attention import BlockTrainingAttention, block_student_hidden
-from .cli import EOS_TOKEN, MASK_TOKEN, main, register_cli
+from .cli import main, register_cli
 from .data import TrainSequence, load_documents, make_sequences, regenerate, sample_anchors
 from .evaluation import chain_walk_tau, evaluate_head
 from .loop import TrainOptions, plot_training, train_head
-from .loss import _sequence_stats, depth_weights, kd_loss
+from .loss import depth_weights, kd_loss
 from .new_head import build_head_for_target, init_head_from_target, warm_start_head
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "init_head_from_target",
     "kd_loss",
     "load_documents",
+    "main",
     "make_sequences",
     "plot_training",
     "register_cli",
