@@ -73,16 +73,15 @@ class BudgetPolicy:
         # kept even where it is no arm, since every tree carries the chain), with the rounds each was observed in
         self.expect_ctx = [{b: 1.0 for b in [*self.cost, CHAIN]} for _ in range(CONTEXTS)]
         self.n_ctx = [dict.fromkeys(self.expect_ctx[0], 0) for _ in range(CONTEXTS)]
-        # Where a longer n-gram matched, the chain starts optimistic: as if seen once committing all its L nodes
-        # + 1, so it runs there until its own rounds show what it commits. A start below a plain step's rate
-        # would never be tested: a chain round costs 2-2.7 plain steps once the GEMMs are fast (the demo).
-        # After a 1-2 token match it starts as seen twice committing 2 (and so without L): a short match is
-        # weak evidence, and there the chain runs only once the tree rounds (which carry it) show it commits
-        # enough. (Held-out code files 8-15 of the demo: the optimistic start there ran 96 chain rounds in
-        # that context that committed 1.51 tokens each, at about 2x a plain step's cost.)
-        optimistic = (1.0 + chain_len, 1) if chain_len else (2.0, 2)
+        # Where an n-gram matched, the chain starts neutral: as if seen twice committing 2. After a longer match
+        # (the last context) and with L given, it starts optimistic instead: as if seen once committing all L
+        # nodes + 1, so it runs there until its own rounds show what it commits (a start below a plain step's
+        # rate would never be tested: a chain round costs 2-2.7 plain steps on the demo). A 1-2 token match is
+        # weak evidence: there the chain runs once the tree rounds, which carry it, show it pays.
         for c in range(1, CONTEXTS):
-            self.expect_ctx[c][CHAIN], self.n_ctx[c][CHAIN] = optimistic if c == CONTEXTS - 1 else (2.0, 2)
+            self.expect_ctx[c][CHAIN], self.n_ctx[c][CHAIN] = 2.0, 2
+        if chain_len:
+            self.expect_ctx[-1][CHAIN], self.n_ctx[-1][CHAIN] = 1.0 + chain_len, 1
         self.observed = 0  # speculative (head) rounds observed
         self.actual = self.modelled = 1.0  # running means of committed vs modelled tokens of the executed arm
         self.since_head = explore  # rounds since one ran the head's tree (the first round runs it)

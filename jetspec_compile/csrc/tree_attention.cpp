@@ -160,14 +160,13 @@ inline float row_max(const float* s, int64_t n) {
   return m;
 }
 
-// acc[0:hd] = acc * c + sum_j p[j] * v[j][0:hd]
-inline void accumulate(float* acc, float c, const float* p, const float* const* v, int64_t nk, int64_t hd) {
+// acc[0:hd] += sum_j p[j] * v[j][0:hd] (the odd row left over by accumulate2)
+inline void accumulate(float* acc, const float* p, const float* const* v, int64_t nk, int64_t hd) {
   int64_t d = 0;
 #ifdef JETSPEC_AVX2
-  const __m256 vc = _mm256_set1_ps(c);
   for (; d + 32 <= hd; d += 32) {
-    __m256 a0 = _mm256_mul_ps(_mm256_loadu_ps(acc + d), vc), a1 = _mm256_mul_ps(_mm256_loadu_ps(acc + d + 8), vc);
-    __m256 a2 = _mm256_mul_ps(_mm256_loadu_ps(acc + d + 16), vc), a3 = _mm256_mul_ps(_mm256_loadu_ps(acc + d + 24), vc);
+    __m256 a0 = _mm256_loadu_ps(acc + d), a1 = _mm256_loadu_ps(acc + d + 8);
+    __m256 a2 = _mm256_loadu_ps(acc + d + 16), a3 = _mm256_loadu_ps(acc + d + 24);
     for (int64_t j = 0; j < nk; ++j) {
       const __m256 pj = _mm256_set1_ps(p[j]);
       const float* vr = v[j] + d;
@@ -183,7 +182,7 @@ inline void accumulate(float* acc, float c, const float* p, const float* const* 
   }
 #endif
   for (; d < hd; ++d) {
-    float a = acc[d] * c;
+    float a = acc[d];
     for (int64_t j = 0; j < nk; ++j) a += p[j] * v[j][d];
     acc[d] = a;
   }
@@ -306,7 +305,7 @@ void attend_tile(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
     for (; i + 2 <= nr; i += 2)
       accumulate2(acc.data() + i * hd, acc.data() + (i + 1) * hd, scores.data() + i * kKeyTile,
                   scores.data() + (i + 1) * kKeyTile, vrows, nk, hd);
-    if (i < nr) accumulate(acc.data() + i * hd, 1.f, scores.data() + i * kKeyTile, vrows, nk, hd);
+    if (i < nr) accumulate(acc.data() + i * hd, scores.data() + i * kKeyTile, vrows, nk, hd);
   };
 
   const T* kcb = kc.data_ptr<T>() + h * kc.stride(0);
