@@ -7,7 +7,7 @@
 The adaptive policy's choices depend only on the tokens and the round costs it is given, so with the costs
 fixed, the rounds each arm runs are exact counts. This script measures every artifact's round costs once,
 in one process and interleaved (the lower quartile of per-block medians, so that a busy machine moves them
-less), gives every artifact the same plain-step and ``ar_step`` cost (the same graphs), decodes the held-out
+less; the median of ``--cost-runs`` such measurements), gives every artifact the same plain-step and ``ar_step`` cost (the same graphs), decodes the held-out
 prompts ``--files`` (indices into the demo's held-out files of at least 200 tokens; the benchmarks use 0:8, so
 choose on 8:16) greedily with the policy on those costs, and prices the counted rounds: modelled decode time
 and speedup over ``ar_step``. Every artifact must produce the same tokens (greedy decoding is lossless).
@@ -70,6 +70,12 @@ def measure_costs(engines: dict, blocks: int = 12, calls: int = 15) -> dict[str,
     return costs
 
 
+def median_costs(engines: dict, runs: int) -> dict[str, dict[str, float]]:
+    """Per-arm medians of ``runs`` cost measurements (a neighbour's burst moves one run, not the median)."""
+    ms = [measure_costs(engines) for _ in range(runs)]
+    return {n: {k: sorted(m[n][k] for m in ms)[runs // 2] for k in ms[0][n]} for n in engines}
+
+
 def count(eng, cost: dict[str, float], prompts: list[list[int]], max_new: int) -> tuple[dict, list[list[int]]]:
     """Rounds per arm over ``prompts`` with the policy on ``cost``, and the tokens decoded."""
     from jetspec_compile.adaptive import Arm
@@ -97,6 +103,7 @@ def main(argv=None) -> int:
     p.add_argument("--prompt-sets", default="code,repeat")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--costs", default=None, help="reuse the costs of an earlier --json")
+    p.add_argument("--cost-runs", type=int, default=3, help="measure the costs this many times, keep per-arm medians")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     import torch
@@ -106,7 +113,7 @@ def main(argv=None) -> int:
 
     lo, hi = (int(x) for x in args.files.split(":"))
     engines = {a: load(a) for a in args.artifacts}
-    costs = json.load(open(args.costs))["costs"] if args.costs else measure_costs(engines)
+    costs = json.load(open(args.costs))["costs"] if args.costs else median_costs(engines, args.cost_runs)
     for name, c in costs.items():
         print(name, " ".join(f"{k} {v * 1e3:.3f}" for k, v in c.items()), "ms")
     rows = []
