@@ -20,14 +20,15 @@ import argparse
 import gc
 import json
 import sys
-import time
 from dataclasses import replace
 
 from bench_demo import heldout_prompts, repeat_prompts
+from bench_timing import call_seconds, median, write_json
 
 
 def measure_costs(engines: dict, blocks: int = 12, calls: int = 15) -> dict[str, dict[str, float]]:
-    """Seconds per round of every arm (and per ``ar_step``) of every artifact, interleaved."""
+    """Seconds per round of every arm (and per ``ar_step``) of every artifact, interleaved across artifacts
+    (``Decoder.calibrate`` interleaves the arms of one artifact only)."""
     import torch
 
     from jetspec_compile.decode import CHAIN, _Lookup, arm_key
@@ -46,19 +47,12 @@ def measure_costs(engines: dict, blocks: int = 12, calls: int = 15) -> dict[str,
                 tree, _ = dec._draft(g, anchor, cl, lookup)
                 int(g.verify(*tree, cl, dec.k_cache, dec.v_cache)[1].reshape(-1)[0])
             fns[(name, arm_key(b))] = run
-        fns[(name, "ar_step")] = lambda dec=dec, cl=cl: dec.graphs["ar_step"](anchor, cl, dec.k_cache, dec.v_cache)
+        fns[(name, "ar_step")] = lambda dec=dec, cl=cl, a=anchor: dec.graphs["ar_step"](a, cl, dec.k_cache, dec.v_cache)
     times: dict = {k: [] for k in fns}
     gc.disable()
     for _ in range(blocks):
         for k, fn in fns.items():
-            for _ in range(3):
-                fn()
-            xs = []
-            for _ in range(calls):
-                t0 = time.perf_counter()
-                fn()
-                xs.append(time.perf_counter() - t0)
-            times[k].append(sorted(xs)[calls // 2])
+            times[k].append(median(call_seconds(fn, calls)))
     gc.enable()
     costs: dict[str, dict[str, float]] = {n: {} for n in engines}
     for (name, key), xs in times.items():
@@ -134,9 +128,7 @@ def main(argv=None) -> int:
                              speedup=ar / t))
             print(f"{pset:7s} {name:24s} {tokens} tokens in {sum(rounds.values())} rounds {rounds}: "
                   f"modelled {1e3 * t:.1f} ms, {ar / t:.3f}x ar_step")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"costs": costs, "files": args.files, "results": rows}, f, indent=1)
+    write_json(args.json, {"costs": costs, "files": args.files, "results": rows})
     return 0
 
 
