@@ -66,6 +66,37 @@ def zero_cache(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device)
     return torch.frombuffer(mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), dtype=dtype).view(shape)
 
 
+class _IntBuf:
+    """A small int64 tensor the host rewrites every round (cache length, anchor, lookup chain). On the CPU it is
+    written through a numpy view of the same memory: no torch dispatch on the hot path."""
+
+    def __init__(self, n: int, device: torch.device):
+        self.t = torch.zeros(n, dtype=torch.int64, device=device)
+        self.np = self.t.numpy() if self.t.device.type == "cpu" else None
+
+    def set(self, values: int | Sequence[int]) -> Tensor:
+        if self.np is not None:
+            self.np[:] = values
+        else:
+            self.t.copy_(torch.as_tensor(values, dtype=torch.int64).reshape(self.t.shape))
+        return self.t
+
+    def cat(self, head: Tensor, tail: Tensor) -> Tensor:
+        """head ++ tail written into this buffer (their lengths add up to its length)."""
+        if self.np is not None:
+            n = head.shape[0]
+            self.np[:n] = head.numpy()
+            self.np[n:] = tail.numpy()
+        else:
+            torch.cat([head, tail], out=self.t)
+        return self.t
+
+
+def _raw(t: Tensor):
+    """A numpy view of a CPU tensor's memory (bf16, which numpy lacks, as its raw 16-bit words)."""
+    return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
+
+
 @dataclass
 class Stats:
     """Statistics of one generate call. Times are seconds (host wall clock)."""
@@ -163,6 +194,7 @@ class _ChainTrees:
 
     def __init__(self, length: int, device: torch.device):
         N = 1 + length
+        self.tokens = _IntBuf(N, device)
         self.shapes = []
         for n in range(length + 1):
             parents = torch.full((N,), -1, dtype=torch.int64)
@@ -176,7 +208,7 @@ class _ChainTrees:
 
     def __call__(self, anchor: Tensor, chain: Tensor, n: int) -> tuple[Tensor, ...]:
         """(tokens, parents, depth, mask) of the chain's first ``n`` tokens (the rest of ``chain`` is zero)."""
-        return (torch.cat([anchor, chain]), *self.shapes[n])
+        return (self.tokens.cat(anchor, chain), *self.shapes[n])
 
 
 class _Lookup:
@@ -189,10 +221,8 @@ class _Lookup:
         self.index = NgramIndex()
         self.index.extend([int(t) for t in prompt])
         self.length = length
-        self.chain = torch.zeros(length, dtype=torch.int64, device=device)
-        self.chain_len = torch.zeros(1, dtype=torch.int64, device=device)
-        # on the CPU the proposal is written through numpy views: no torch dispatch per round
-        self._views = (self.chain.numpy(), self.chain_len.numpy()) if self.chain.device.type == "cpu" else None
+        self._chain, self._chain_len = _IntBuf(length, device), _IntBuf(1, device)
+        self.chain, self.chain_len = self._chain.t, self._chain_len.t
         self.last: list[int] = []
         self.context = 0  # the adaptive policy's lookup context of this round's proposal
 
@@ -200,13 +230,8 @@ class _Lookup:
         matched, self.last = self.index.continuation(self.length)
         self.context = lookup_context(matched)
         n = len(self.last)
-        padded = self.last + [0] * (self.length - n)
-        if self._views is not None:
-            self._views[0][:] = padded
-            self._views[1][0] = n
-        else:
-            self.chain.copy_(torch.tensor(padded, dtype=torch.int64))
-            self.chain_len.fill_(n)
+        self._chain.set(self.last + [0] * (self.length - n))
+        self._chain_len.set(n)
         return self.chain, self.chain_len
 
     def covered(self, committed: list[int]) -> int:
@@ -249,7 +274,9 @@ class Decoder:
         head_rows = (d.head_layers, d.head_kv_heads, self.S, d.head_head_dim)
         self.k_cache, self.v_cache = (zero_cache(target_rows, d.dtype, self.device) for _ in range(2))
         self.ctx_k, self.ctx_v = (zero_cache(head_rows, d.dtype, self.device) for _ in range(2))
-        self._len = torch.zeros(1, dtype=torch.int64, device=self.device)
+        self._caches = (self.k_cache, self.v_cache, self.ctx_k, self.ctx_v)
+        self._cache_views = tuple(_raw(c) for c in self._caches) if self.device.type == "cpu" else None
+        self._len, self._anchor = _IntBuf(1, self.device), _IntBuf(1, self.device)
         root = build_tree(torch.zeros(1, dtype=torch.int64), torch.zeros(1, 1, dtype=torch.int64),
                           torch.zeros(1, 1), 1)
         self._root = (root.parents.to(self.device), root.depth.to(self.device), root.mask.to(self.device))
@@ -257,16 +284,19 @@ class Decoder:
 
     # ---- pieces --------------------------------------------------------------------------------------
     def _cache_len(self, n: int) -> Tensor:
-        self._len.fill_(n)
-        return self._len
+        return self._len.set(n)
 
     def _write(self, at: int, n: int, k: Tensor, v: Tensor, ck: Tensor | None = None, cv: Tensor | None = None):
+        """Rows [0, n) of k, v (and the head's context rows ck, cv) into cache rows [at, at + n). On the CPU
+        through numpy views: one slice assignment per cache, no torch dispatch."""
         n = min(n, self.S - at)
-        self.k_cache.narrow(2, at, n).copy_(k.narrow(2, 0, n))
-        self.v_cache.narrow(2, at, n).copy_(v.narrow(2, 0, n))
-        if ck is not None:
-            self.ctx_k.narrow(2, at, n).copy_(ck.narrow(2, 0, n))
-            self.ctx_v.narrow(2, at, n).copy_(cv.narrow(2, 0, n))
+        for i, rows in enumerate((k, v, ck, cv)):
+            if rows is None:
+                continue
+            if self._cache_views is not None:
+                self._cache_views[i][:, :, at:at + n] = _raw(rows)[:, :, :n]
+            else:
+                self._caches[i].narrow(2, at, n).copy_(rows.narrow(2, 0, n))
 
     def check_prompt(self, prompt: Sequence[int]) -> None:
         if len(prompt) < 1:
@@ -368,7 +398,7 @@ class Decoder:
         repetitions, at most 5 when a call takes 50 ms or more. Caches are not changed: verify returns rows,
         it does not write them."""
         cl = self._cache_len(cache_len if cache_len is not None else min(256, self.S // 2))
-        anchor = torch.zeros(1, dtype=torch.int64, device=self.device)
+        anchor = self._anchor.set(0)
         lookup = _Lookup([0], self.L, self.device) if self.L else None
 
         samp = (torch.ones(1, device=self.device), torch.zeros(1, dtype=torch.int64, device=self.device),
@@ -428,7 +458,7 @@ class Decoder:
         fixed = next(iter(arms.values()))
         verify = _Verifier(self, temperature, top_k, top_p, seed)
         L = run.prefill(self, prompt, with_context=True)
-        anchor = torch.tensor([int(prompt[-1])], dtype=torch.int64, device=self.device)
+        anchor = self._anchor.set(int(prompt[-1]))
         lookup = _Lookup(prompt, self.L, self.device) if self.L else None
         with run:
             while not run.stopped(L + self.D_max + 1, self.S):
@@ -446,7 +476,7 @@ class Decoder:
                                    *((lookup.last, lookup.context) if lookup else ()))
                 clock.commit(self._write, L, a + 1, k_rows, v_rows, ck, cv)
                 L += a + 1
-                anchor = out_tokens.narrow(0, a, 1).clone()
+                anchor = self._anchor.set(committed[a])  # the bonus token
                 run.record_round(g, committed, lookup)
                 clock.stop()
                 yield run.emit(committed)
@@ -463,7 +493,7 @@ class Decoder:
         gen = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % (2**63))
         samp = _sampling_args(temperature, top_k, top_p, torch.device("cpu"))
         L = run.prefill(self, prompt, with_context=False)
-        token = torch.tensor([int(prompt[-1])], dtype=torch.int64, device=self.device)
+        token = self._anchor.set(int(prompt[-1]))
         with run:
             while not run.stopped(L + 1, self.S):
                 clock.start()
@@ -473,7 +503,7 @@ class Decoder:
                 t = int(nxt.reshape(-1)[0])
                 clock.commit(self._write, L, 1, k, v)
                 L += 1
-                token = torch.tensor([t], dtype=torch.int64, device=self.device)
+                token = self._anchor.set(t)
                 run.record_round(None, [t], None)
                 clock.stop()
                 yield run.emit([t])

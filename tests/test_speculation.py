@@ -343,3 +343,24 @@ def test_accept_stats_feed_static_calibration(tmp_path):
     assert tree.num_nodes == 12
     out, st = speculative_generate(target, head, [1, 2, 3], 16, budget=12, topk=3, tree=tree)
     assert out == speculative_generate(target, head, [1, 2, 3], 16, budget=12, topk=3)[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_commit_writes_exact_rows(dtype):
+    """The CPU commit path writes through numpy views (bf16 as raw 16-bit words): exactly rows [0, n) of each
+    graph output into cache rows [at, at + n), nothing else, and never past the cache's S rows."""
+    from jetspec_compile.decode import CacheDims, Decoder
+
+    dims = CacheDims(target_layers=3, target_kv_heads=2, target_head_dim=8, head_layers=2, head_kv_heads=1,
+                     head_head_dim=4, depth=3, dtype=dtype)
+    dec = Decoder({}, budget=4, topk=2, max_seq_len=12, prefill_chunk=4, dims=dims)
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randn(c.shape[0], c.shape[1], 5, c.shape[3], generator=g).to(dtype) for c in dec._caches]
+    expect = [c.clone() for c in dec._caches]
+    for e, r in zip(expect, rows):
+        e[:, :, 6:9] = r[:, :, :3]
+    dec._write(6, 3, *rows)
+    for c, e in zip(dec._caches, expect):
+        assert torch.equal(c, e)
+    dec._write(10, 5, *rows[:2])  # cut at S = 12; no context rows
+    assert torch.equal(dec.k_cache[:, :, 10:12], rows[0][:, :, :2]) and not dec.ctx_k[:, :, 10:].any()
