@@ -212,11 +212,31 @@ class TritonServer:
         self.triton = self.pool = None
 
     def start(self) -> "TritonServer":
+        """Launch Triton with the model loaded. A failed launch is retried once, with a warning: PyTriton's model
+        handshake can race the server's start-up (its model socket refuses the first connection)."""
         try:
             from pytriton.model_config import ModelConfig
             from pytriton.triton import Triton, TritonConfig
         except ImportError as e:
             raise JetSpecError(f"serve-triton needs PyTriton ({e}); pip install -e \".[serve]\"") from None
+        for attempt in (1, 2):
+            try:
+                with libpython_first():
+                    self._launch(Triton, TritonConfig, ModelConfig)
+                return self
+            except Exception as e:  # noqa: BLE001 - PyTriton raises its own types; the message is what matters
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                self._shutdown()
+                shutil.rmtree(self.workspace, ignore_errors=True)  # PyTriton's half-made workspace
+                if attempt == 1:
+                    print(f"warning: Triton Inference Server did not start ({first}); retrying once",
+                          file=sys.stderr, flush=True)
+                    continue
+                self.stop()
+                raise JetSpecError(f"Triton Inference Server did not start ({first})") from None
+        return self
+
+    def _launch(self, Triton, TritonConfig, ModelConfig) -> None:
         h, p = self.host, self.ports
         config = TritonConfig(http_address=h, http_port=p["http"], grpc_address=h, grpc_port=p["grpc"],
                               metrics_address=h, metrics_port=p["metrics"], allow_gpu_metrics=False,
@@ -227,26 +247,22 @@ class TritonServer:
         self.triton.bind(model_name=self.name, inputs=inputs, outputs=outputs,
                          infer_func=[infer_function(self.model, self.pool) for _ in self.model.engines],
                          config=ModelConfig(batching=False, decoupled=True), strict=True)
-        with libpython_first():
-            try:
-                self.triton.run()
-            except Exception as e:  # noqa: BLE001 - PyTriton raises its own types; the message is what matters
-                self.stop()
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-                raise JetSpecError(f"Triton Inference Server did not start ({first})") from None
-        return self
+        self.triton.run()
 
     def serve(self) -> None:
         """Block serving requests until interrupted."""
         self.triton.serve()
 
-    def stop(self) -> None:
+    def _shutdown(self) -> None:
         if self.triton is not None:
             self.triton.stop()
             self.triton = None
         if self.pool is not None:
             self.pool.close()
             self.pool = None
+
+    def stop(self) -> None:
+        self._shutdown()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None

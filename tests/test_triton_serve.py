@@ -122,3 +122,46 @@ def test_libpython_first_puts_the_interpreter_libdir_first(monkeypatch):
             assert used == libdir and os.environ["LD_LIBRARY_PATH"].split(":")[0] == libdir
             assert os.environ["LD_LIBRARY_PATH"].endswith("/a:/b")
     assert os.environ["LD_LIBRARY_PATH"] == "/a:/b"
+
+
+def _flaky_launch(monkeypatch, failures: int):
+    """Make TritonServer._launch fail ``failures`` times (leaving a workspace behind, as PyTriton does), then
+    succeed without starting anything. Returns the list of calls."""
+    from jetspec_compile.runtime.triton_serve import TritonServer
+
+    calls = []
+
+    def launch(self, *classes):
+        calls.append(self.workspace.exists())
+        self.workspace.mkdir(parents=True)
+        if len(calls) <= failures:
+            raise RuntimeError("load failed for model tiny_model\nmore lines")
+
+    monkeypatch.setattr(TritonServer, "_launch", launch)
+    return calls
+
+
+def test_start_retries_once(aoti_artifact, monkeypatch, capsys):
+    from jetspec_compile.runtime.serve import build_model
+    from jetspec_compile.runtime.triton_serve import TritonServer
+
+    calls = _flaky_launch(monkeypatch, failures=1)
+    server = TritonServer(build_model(aoti_artifact, 1), http_port=free_port(), grpc_port=free_port(),
+                          metrics_port=free_port())
+    with server:
+        assert calls == [False, False]  # the second launch found no stale workspace
+    assert "did not start (load failed for model tiny_model); retrying once" in capsys.readouterr().err
+    assert not server.workspace.exists()
+
+
+def test_start_fails_cleanly_after_one_retry(aoti_artifact, monkeypatch):
+    from jetspec_compile.errors import JetSpecError
+    from jetspec_compile.runtime.serve import build_model
+    from jetspec_compile.runtime.triton_serve import TritonServer
+
+    calls = _flaky_launch(monkeypatch, failures=2)
+    server = TritonServer(build_model(aoti_artifact, 1), http_port=free_port(), grpc_port=free_port(),
+                          metrics_port=free_port())
+    with pytest.raises(JetSpecError, match=r"did not start \(load failed for model tiny_model\)$"):
+        server.start()
+    assert len(calls) == 2 and not server.workspace.parent.exists()  # the temporary folder is gone
