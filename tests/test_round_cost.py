@@ -65,7 +65,7 @@ def test_native_linear_equals_linear(m):
     assert torch.ops.jetspec.registered_linear_weights() == before - 1  # freed: forgotten
 
 
-@pytest.mark.parametrize("N,K", [(1, 1), (15, 7), (17, 300), (40, 64), (200, 33)])
+@pytest.mark.parametrize("N,K", [(1, 1), (15, 7), (17, 300), (40, 64), (200, 33), (200, 1400)])  # K = 1400: chunked
 def test_panel_gemm_rows_ragged_shapes_and_batch_invariance(N, K):
     g = torch.Generator().manual_seed(N * 1000 + K)
     w, b = torch.randn(N, K, generator=g), torch.randn(N, generator=g)
