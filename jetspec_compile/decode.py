@@ -272,15 +272,20 @@ class Decoder:
         d = dims
         target_rows = (d.target_layers, d.target_kv_heads, self.S, d.target_head_dim)
         head_rows = (d.head_layers, d.head_kv_heads, self.S, d.head_head_dim)
-        self.k_cache, self.v_cache = (zero_cache(target_rows, d.dtype, self.device) for _ in range(2))
-        self.ctx_k, self.ctx_v = (zero_cache(head_rows, d.dtype, self.device) for _ in range(2))
-        self._caches = (self.k_cache, self.v_cache, self.ctx_k, self.ctx_v)
-        self._cache_views = tuple(_raw(c) for c in self._caches) if self.device.type == "cpu" else None
+        self.use_caches(*(zero_cache(target_rows, d.dtype, self.device) for _ in range(2)),
+                        *(zero_cache(head_rows, d.dtype, self.device) for _ in range(2)))
         self._len, self._anchor = _IntBuf(1, self.device), _IntBuf(1, self.device)
         root = build_tree(torch.zeros(1, dtype=torch.int64), torch.zeros(1, 1, dtype=torch.int64),
                           torch.zeros(1, 1), 1)
         self._root = (root.parents.to(self.device), root.depth.to(self.device), root.mask.to(self.device))
         self._chain_trees: _ChainTrees | None = None  # built on the chain arm's first round
+
+    def use_caches(self, k_cache: Tensor, v_cache: Tensor, ctx_k: Tensor, ctx_v: Tensor) -> None:
+        """Decode into these caches (the target's K/V, the head's context K/V): decoders that never run at the
+        same time can share one set."""
+        self.k_cache, self.v_cache, self.ctx_k, self.ctx_v = k_cache, v_cache, ctx_k, ctx_v
+        self._caches = (k_cache, v_cache, ctx_k, ctx_v)
+        self._cache_views = tuple(_raw(c) for c in self._caches) if self.device.type == "cpu" else None
 
     # ---- pieces --------------------------------------------------------------------------------------
     def _cache_len(self, n: int) -> Tensor:

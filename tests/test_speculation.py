@@ -364,3 +364,7 @@ def test_commit_writes_exact_rows(dtype):
         assert torch.equal(c, e)
     dec._write(10, 5, *rows[:2])  # cut at S = 12; no context rows
     assert torch.equal(dec.k_cache[:, :, 10:12], rows[0][:, :, :2]) and not dec.ctx_k[:, :, 10:].any()
+    other = Decoder({}, budget=4, topk=2, max_seq_len=12, prefill_chunk=4, dims=dims)
+    other.use_caches(*dec._caches)  # a decoder sharing dec's caches (the profile's sweep) writes into them
+    other._write(0, 1, *rows)
+    assert all(torch.equal(c[:, :, :1], r[:, :, :1]) for c, r in zip(dec._caches, rows))

@@ -142,7 +142,7 @@ def _synced(fn: Callable) -> Callable:
 def _share_caches(dec, base) -> None:
     """Point ``dec`` at ``base``'s K/V and draft-context caches: every round writes the rows it reads, so
     decoders that never run at the same time can share one set (a sweep then costs no cache memory)."""
-    dec.k_cache, dec.v_cache, dec.ctx_k, dec.ctx_v = base.k_cache, base.v_cache, base.ctx_k, base.ctx_v
+    dec.use_caches(base.k_cache, base.v_cache, base.ctx_k, base.ctx_v)
 
 
 def budget_decoders(engine, budgets, manifest, target, head, base_spec, sweep_root: Path,
