@@ -9,7 +9,9 @@ remove their partial output on the way out.
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
+import os
 import signal
 import sys
 import threading
@@ -142,5 +144,24 @@ def _interrupted(signum: int) -> int:
     return 128 + signum
 
 
+_INTERRUPTED = {128 + signal.SIGINT, 128 + signal.SIGTERM}
+
+
+def entry(argv: list[str] | None = None) -> NoReturn:
+    """The process entry (console script and ``python -m``): runs `main` and exits with its status.
+
+    An interrupt that was raised while C++ code ran Python through ``PyRun_*`` sets CPython's global
+    "unhandled KeyboardInterrupt" flag even though `main` handled it; under ``python -m`` the interpreter
+    then kills itself with SIGINT on the way out, whatever status `main` returned. So an interrupted
+    command runs the exit handlers and leaves with ``os._exit``, keeping its status (130 / 143)."""
+    code = main(argv)
+    if code in _INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        atexit._run_exitfuncs()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

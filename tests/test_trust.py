@@ -450,6 +450,28 @@ def test_killed_writer_leftovers_are_cleaned_next_time(tmp_path):
     assert sorted(x.name for x in tmp_path.iterdir()) == ["model"]
 
 
+_FLAGGED_INTERRUPT = """
+import ctypes
+from jetspec_compile import cli
+
+def main(argv=None):
+    ctypes.pythonapi.PyRun_SimpleString(b"raise KeyboardInterrupt")  # as when C++ code ran Python mid-signal
+    return cli._interrupted(15)
+
+cli.main = main
+cli.entry()
+"""
+
+
+def test_interrupt_through_native_eval_keeps_its_status(tmp_path):
+    """A KeyboardInterrupt seen by CPython's PyRun_* sets a global flag that, under `python -m`, makes the
+    interpreter kill itself with SIGINT (-2) on exit; the entry keeps the command's own status (stop 28's CI)."""
+    (tmp_path / "flagged.py").write_text(_FLAGGED_INTERRUPT)
+    p = subprocess.run([sys.executable, "-m", "flagged"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 143, p.stderr
+    assert p.stderr.strip().splitlines()[-1] == "interrupted (SIGTERM)"
+
+
 def test_sigterm_during_export_leaves_nothing(tmp_path, tiny_models):
     """A real `jetspec-compile export` (aoti) terminated while compiling: one line, exit 143, nothing left."""
     _, _, folder = tiny_models
