@@ -407,7 +407,8 @@ def cmd_head(args) -> None:
     raw_eval = windows(heldout_files(), args.eval_sequences)  # natural held-out text, not regenerated
     t0 = time.time()
     result = train_head(target, head, train_seqs, steps=args.steps, lr=args.lr, anchors=args.anchors,
-                        kd_temperature=1.0, batch=args.batch, seed=args.seed, out=out_dir, warmup=args.warmup,
+                        kd_temperature=args.kd_temperature, loss_decay_gamma=args.loss_decay_gamma,
+                        batch=args.batch, seed=args.seed, out=out_dir, warmup=args.warmup,
                         eval_sequences=eval_seqs, eval_every=args.eval_every, max_minutes=args.max_minutes,
                         autocast_dtype=torch.bfloat16 if args.bf16 else None, progress=True, log_every=5)
     info["train_seconds"] = time.time() - t0
@@ -519,6 +520,9 @@ def main() -> None:
     h.add_argument("--steps", type=int, default=500)
     h.add_argument("--batch", type=int, default=4)
     h.add_argument("--lr", type=float, default=3e-4)
+    h.add_argument("--loss-decay-gamma", type=float, default=0.0,
+                   help="0: uniform depth weights (JetSpec); > 0: weight depth d by exp(-(d-1)/gamma) (DFlash)")
+    h.add_argument("--kd-temperature", type=float, default=1.0)
     h.add_argument("--regenerate", action="store_true")
     h.add_argument("--prompt-len", type=int, default=64)
     h.add_argument("--regen-batch", type=int, default=64)
