@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from jetspec_compile import JetSpecError, load_draft_head, load_target
+from jetspec_compile.cli import main as train_main  # `python -m jetspec_compile.train` runs the same command
 from jetspec_compile.tiny import tiny_head, tiny_qwen3, tiny_target
 from jetspec_compile.train import (
     BlockTrainingAttention,
@@ -17,7 +18,6 @@ from jetspec_compile.train import (
     init_head_from_target,
     kd_loss,
     load_documents,
-    main as train_main,
     make_sequences,
     regenerate,
     sample_anchors,
@@ -324,7 +324,7 @@ def test_cli_train_head_end_to_end(tmp_path, capsys):
     assert rc == 0
     rc = train_main(["train-head", "--target", str(tmp_path / "t"), "--data", str(tmp_path / "d.py"),
                      "--out", str(tmp_path / "h5"), "--init", str(tmp_path / "h"), "--init-from-target"])
-    assert rc == 2 and "give one of them" in capsys.readouterr().err
+    assert rc == 1 and "give one of them" in capsys.readouterr().err
 
 
 def test_cli_errors_name_the_problem(tmp_path, capsys):
@@ -334,16 +334,16 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
 
     (tmp_path / "d.py").write_text("x = 1\n" * 50)
     rc, err = run("--target", str(tmp_path / "missing"))
-    assert rc == 2 and "missing: target folder not found" in err
+    assert rc == 1 and "missing: target folder not found" in err
     (tmp_path / "t").mkdir()
     tiny_qwen3().save_pretrained(tmp_path / "t", safe_serialization=True)
     rc, err = run("--target", str(tmp_path / "t"))
-    assert rc == 2 and "tokenizer.json: not found" in err
+    assert rc == 1 and "tokenizer.json: not found" in err
     _tiny_target_folder(tmp_path / "nomask", with_mask=False)
     rc, err = run("--target", str(tmp_path / "nomask"), "--steps", "1")
-    assert rc == 2 and "has no <|mask|> token; pass --mask-token-id" in err
+    assert rc == 1 and "has no <|mask|> token; pass --mask-token-id" in err
     rc, err = run("--target", str(tmp_path / "nomask"), "--data", str(tmp_path / "nothing.txt"))
-    assert rc == 2 and "nothing.txt: data file not found" in err
+    assert rc == 1 and "nothing.txt: data file not found" in err
 
 
 def test_register_cli_adds_train_head():

@@ -28,7 +28,7 @@ warm-started heads), :mod:`.evaluation` (held-out loss, agreement, chain tau), :
 """
 
 from .attention import BlockTrainingAttention, block_student_hidden
-from .cli import main, register_cli
+from .cli import register_cli
 from .data import TrainSequence, load_documents, make_sequences, regenerate, sample_anchors
 from .evaluation import chain_walk_tau, evaluate_head
 from .loop import TrainOptions, plot_training, train_head
@@ -47,7 +47,6 @@ __all__ = [
     "init_head_from_target",
     "kd_loss",
     "load_documents",
-    "main",
     "make_sequences",
     "plot_training",
     "register_cli",

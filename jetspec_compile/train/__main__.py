@@ -1,7 +1,6 @@
-"""``python -m jetspec_compile.train train-head ...``."""
+"""``python -m jetspec_compile.train train-head ...``: the same command as ``jetspec-compile train-head ...``
+(one-line errors with exit 1, Ctrl-C / SIGTERM handled the same way)."""
 
-import sys
+from ..cli import entry
 
-from .cli import main
-
-sys.exit(main())
+entry()

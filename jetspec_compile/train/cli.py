@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
@@ -204,15 +203,3 @@ def _cmd_train_head(args) -> int:
                      progress=not args.no_progress)
     print(json.dumps(_summary(log, out)))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m jetspec_compile.train train-head ...`` (the same command as ``jetspec-compile train-head``)."""
-    parser = argparse.ArgumentParser(prog="python -m jetspec_compile.train")
-    register_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except JetSpecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
