@@ -346,6 +346,17 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert rc == 1 and "nothing.txt: data file not found" in err
 
 
+def test_module_entry_is_the_same_command(tmp_path):
+    """`python -m jetspec_compile.train` is `jetspec-compile`: one error line, exit 1, no traceback."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "jetspec_compile.train", "train-head", "--target", str(tmp_path / "no"),
+                        "--data", str(tmp_path / "d.py"), "--out", str(tmp_path / "h")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and p.stderr.strip().splitlines() == [f"error: {tmp_path / 'no'}: target folder not found"]
+
+
 def test_register_cli_adds_train_head():
     import argparse
 
