@@ -57,17 +57,18 @@ def test_demo_greedy_speculative_is_lossless(runs_b16):
 
 def test_demo_tau_at_budget_16(runs_b16):
     """tau at B = 16 (the default dynamic tree, K = 7) on three held-out prompts, at the level the shipped
-    head reaches: measured 2.37 with it (training stage 7; 2.36 with stage 6, 2.37 with stage 5, 2.27 with stage 4,
-    which this threshold fails).
+    head reaches: measured 2.395 with it (training stage 8; 2.37 with stage 7, 2.36 with stage 6, 2.37 with stage 5,
+    2.27 with stage 4, which this threshold fails).
     The README's demo section has the full table."""
     accepted = [a for _, st, _ in runs_b16 for a in st.accepted]
-    assert sum(accepted) / len(accepted) > 2.3
+    assert sum(accepted) / len(accepted) > 2.35
 
 
 def test_demo_calibrated_static_tree_is_lossless_and_drafts_well(demo):
     """The best policy at B = 16: the static tree calibrated from the shipped accept_stats.json.
-    Outputs equal greedy decoding; tau measured 2.44 on these prompts (2.46 with stage 6's head and statistics,
-    2.44 with stage 5's, 2.28 with stage 4's; 2.84 on the 15 evaluation prompts of scripts/demo_tau.py)."""
+    Outputs equal greedy decoding; tau measured 2.57 on these prompts (2.44 with stage 7's head and statistics,
+    2.46 with stage 6's, 2.44 with stage 5's, 2.28 with stage 4's, all of which this threshold fails; 2.89 on the
+    15 evaluation prompts of scripts/demo_tau.py)."""
     from jetspec_compile import demo_paths
     from jetspec_compile.tree import calibrate_static_tree
 
@@ -79,4 +80,4 @@ def test_demo_calibrated_static_tree_is_lossless_and_drafts_well(demo):
                                        eos_token_id=target.config.eos_token_id)
         assert out == _hf_greedy(target, ids, 64)
         accepted += st.accepted
-    assert sum(accepted) / len(accepted) > 2.3
+    assert sum(accepted) / len(accepted) > 2.5
