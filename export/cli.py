@@ -75,7 +75,8 @@ def _demo_fastest(path: Path) -> dict:
     """The demo's export configuration that measured fastest here (and the command that measured it)."""
     try:
         rec = json.loads(path.read_text(encoding="utf-8"))
-        return {k: rec[k] for k in GENERIC_DEFAULTS} | ({"budgets": list(rec["budgets"])} if rec.get("budgets") else {})
+        return ({k: rec[k] for k in GENERIC_DEFAULTS} | ({"budgets": list(rec["budgets"])} if rec.get("budgets") else {})
+                | ({"depth": int(rec["depth"])} if rec.get("depth") else {}))
     except (OSError, ValueError, KeyError, TypeError):
         return dict(GENERIC_DEFAULTS)
 

@@ -4,8 +4,8 @@ the prompt-lookup chain alone (no draft), or a plain step.
 The model. After every speculative round the committed tokens are the target's own tokens at depths
 1..a+1, so the rank of each among the head's candidates at that depth is known (K when absent). Decayed
 counts of these ranks give p(d, r), the chance that the target's token at depth d is the head's rank-r
-candidate. For every compiled budget the policy keeps the shape its trees take under that model (best-first
-expansions of K children, as the dynamic tree builder makes them) and scores each round counterfactually:
+candidate. For every compiled budget the policy keeps the shape its trees take under that model (the most
+probable nodes, as the dynamic tree builder picks them) and scores each round counterfactually:
 how many tokens that tree (or the prompt-lookup chain, whichever matched longer) would have committed.
 Where the executed round was too shallow to show how far a deeper tree would have gone (every known rank on
 that tree's path), the model adds that node's expected further depth, so small budgets do not look better
@@ -22,9 +22,10 @@ only chooses which exact graphs run, so decoding stays lossless.
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 from typing import Sequence
+
+from .tree import most_probable_paths
 
 PLAIN = 1  # the plain arm: a root-only "tree" verified alone
 CHAIN = 0  # the chain arm: the prompt-lookup chain alone under the root, verified without drafting
@@ -233,21 +234,6 @@ def _extensions(paths: set[tuple[int, ...]], p: list[list[float]], topk: int) ->
 
 
 def _tree_paths(p: list[list[float]], budget: int, depth: int, topk: int) -> set[tuple[int, ...]]:
-    """Rank paths of a ``budget``-node tree grown like the dynamic builder: expand the most probable node
-    ceil((B-1)/K) times, adding its K children in rank order, to at most ``depth`` depths."""
-    paths: set[tuple[int, ...]] = set()
-    heap: list[tuple[float, tuple[int, ...]]] = [(-1.0, ())]
-    nodes = 1
-    while heap and nodes < budget:
-        neg, path = heapq.heappop(heap)
-        d = len(path)
-        if d >= depth:
-            continue
-        for r in range(topk):
-            if nodes >= budget:
-                break
-            child = path + (r,)
-            paths.add(child)
-            nodes += 1
-            heapq.heappush(heap, (neg * p[d][r], child))
-    return paths
+    """Rank paths of a ``budget``-node tree grown like the dynamic builder (the most probable nodes), to at
+    most ``depth`` depths."""
+    return set(most_probable_paths([row[:topk] for row in p[:depth]], budget))

@@ -21,7 +21,6 @@ Invariant: both caches hold committed_length - 1 rows (every committed token but
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
@@ -116,13 +115,13 @@ class SpecConfig:
     def reachable_depth(self, head: DraftHead) -> int:
         """The deepest depth a tree of this config can reach: drafting more depths is wasted work.
 
-        Dynamic: each expansion adds all K children, so B nodes reach at most ceil((B-1)/K) deep.
-        Static: the topology's deepest node. A bidirectional (DFlash) head always drafts its whole block."""
+        Dynamic: a chain of B-1 nodes under the root is B-1 deep. Static: the topology's deepest node. A
+        bidirectional (DFlash) head always drafts its whole block."""
         if not head.causal:
             return head.depth
         if self.tree == "static":
             return min(head.depth, _static_tree(self, head).max_depth)
-        return max(1, min(head.depth, math.ceil((self.budget - 1) / self.topk)))
+        return max(1, min(head.depth, self.budget - 1))
 
 
 def _static_tree(spec: SpecConfig, head: DraftHead) -> StaticTree:

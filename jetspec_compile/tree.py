@@ -8,8 +8,9 @@ The tree's topology may change every round; its shapes never do, so one engine s
 ``valid`` (= the mask's diagonal) tells real nodes from padding.
 
 Two policies share that contract:
-  * dynamic — :func:`build_tree`: best-first expansion on cumulative log-prob, written as a fixed
-    number of steps (no host sync, no data-dependent Python control flow: torch.export captures it);
+  * dynamic — :func:`build_tree`: the B most probable nodes by cumulative draft log-prob, found level by
+    level with rankings of fixed size (no host sync, no data-dependent Python control flow: torch.export
+    captures it);
   * static  — :class:`StaticTree`: a topology of (depth, rank) paths frozen at export time (e.g. from
     :func:`calibrate_static_tree`); drafting is then a gather of the per-depth top-K.
 """
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -47,60 +47,77 @@ class Tree:
 
 
 def build_tree(root_token: Tensor, topk_tokens: Tensor, topk_logprobs: Tensor, budget: int) -> Tree:
-    """Best-first tree of exactly ``budget`` nodes from per-depth top-K candidates, as fixed-shape tensors.
+    """The ``budget`` most probable nodes of the draft's candidate tree, as fixed-shape tensors.
 
-    root_token: int64 [1] (or scalar); topk_tokens: int64 [D, K]; topk_logprobs: float [D, K].
-    Node-for-node identical to the heap algorithm: repeatedly expand the not-yet-expanded node of
-    depth < D with the highest score (ties: lowest index), appending its K children in rank order
-    (score = parent score + logprob[d, j]), until B nodes exist. Expansion e fills the static slots
-    1 + e*K ... so ceil((B-1)/K) argmax steps suffice. Slots left when the whole depth-D, width-K tree
-    is smaller than B are padding (all-False mask row/column, never accepted).
+    root_token: int64 [1] (or scalar); topk_tokens: int64 [D, K]; topk_logprobs: float [D, K], each row in
+    rank order. The candidate tree hangs the K candidates of depth d+1 under every node of depth d; a node's
+    score is its path's cumulative draft log-prob. Every node scores at most its parent, so the B best
+    nodes form a tree, and it is the tree of B nodes with the most expected accepted tokens under the
+    draft's own probabilities (one node at a time, EAGLE-2 / Sequoia style, rather than K children at a
+    time). Order: score descending, ties to the shallower node, then to the earlier one in its level.
+
+    Level by level: the B best nodes of depth d are among the children of the B best of depth d-1, so each
+    level ranks at most B*K candidates, and one more ranking over the levels picks the B best overall.
+    Nodes come out depth by depth (parents before children); a tree with fewer than B nodes in all is
+    padded (token 0, parent -1, depth 0, score -inf, all-False mask row and column).
     """
     D, K = topk_tokens.shape
     B = int(budget)
     if B < 1:
         raise JetSpecError(f"budget must be >= 1, got {B}")
     dev = topk_tokens.device
-    steps = math.ceil((B - 1) / K) if B > 1 else 0
-    root = root_token.reshape(1).to(torch.int64)
-    lp = topk_logprobs.float()
-    tokens = [root]
-    parents = [torch.full((1,), -1, dtype=torch.int64, device=dev)]
-    depth = [torch.zeros(1, dtype=torch.int64, device=dev)]
-    score = [torch.zeros(1, dtype=torch.float32, device=dev)]
-    valid = [torch.ones(1, dtype=torch.bool, device=dev)]
-    anc = [torch.nn.functional.one_hot(torch.zeros(1, dtype=torch.int64, device=dev), B).bool()]  # rows [n, B]
-    expanded = torch.zeros(B, dtype=torch.bool, device=dev)
-    ranks = torch.arange(K, device=dev)
-    slots = torch.arange(B, device=dev)
-    neg = torch.tensor(float("-inf"), device=dev)
-    for e in range(steps):
-        n = 1 + e * K  # nodes so far
-        take = min(K, B - n)
-        cur_score = torch.cat(score)
-        cur_depth = torch.cat(depth)
-        cur_valid = torch.cat(valid)
-        cand = cur_valid & (cur_depth < D) & ~expanded[:n]
-        masked = torch.where(cand, cur_score.clamp(min=-1e30), neg)  # a -inf candidate still beats a non-candidate
-        best = torch.argmax(masked.unsqueeze(0), dim=1)  # first index of the max: ties -> lowest index
-        ok = cand.any().reshape(1)
-        expanded = expanded | ((slots == best) & ok)
-        d = cur_depth.index_select(0, best)  # [1]
-        drow = d.clamp(max=D - 1)
-        child_tok = topk_tokens.index_select(0, drow)[0, :take]
-        child_lp = lp.index_select(0, drow)[0, :take]
-        tokens.append(torch.where(ok, child_tok, torch.zeros_like(child_tok)))
-        parents.append(torch.where(ok, best.expand(take), torch.full_like(child_tok, -1)))
-        depth.append(torch.where(ok, (d + 1).expand(take), torch.zeros_like(child_tok)))
-        score.append(torch.where(ok, cur_score.index_select(0, best) + child_lp, torch.full_like(child_lp, neg)))
-        valid.append(ok.expand(take))
-        parent_row = torch.cat(anc).index_select(0, best)  # [1, B]
-        self_rows = torch.nn.functional.one_hot(n + ranks[:take], B).bool()
-        anc.append((parent_row | self_rows) & ok.reshape(1, 1))
-    tok, par, dep, sc, val = (torch.cat(x) for x in (tokens, parents, depth, score, valid))
-    rows = torch.cat(anc)
-    mask = rows & val.unsqueeze(0)  # padding columns are never visible either
-    return Tree(tok, par, dep, sc, mask)
+    lp = topk_logprobs.float().clamp(min=-1e30)  # a -inf log-prob still ranks a real node above padding
+    score = torch.zeros(1, device=dev)  # the current level's nodes, best first (level 0: the root)
+    scores, toks, parents, depths = [score], [root_token.reshape(1).to(torch.int64)], [
+        torch.full((1,), -1, dtype=torch.int64, device=dev)], [torch.zeros(1, dtype=torch.int64, device=dev)]
+    first = 0  # candidate index of the current level's first node
+    for d in range(min(D, B - 1)):
+        cand = (score.unsqueeze(1) + lp[d].unsqueeze(0)).reshape(-1)  # child r of node j at j*K + r
+        keep = _best_first(cand, min(B - 1 - d, cand.shape[0]))  # <= B-1-d nodes of depth d+1 fit in B
+        scores.append(score := cand.index_select(0, keep))
+        toks.append(topk_tokens[d].index_select(0, keep % K))
+        parents.append(first + keep // K)
+        depths.append(torch.full_like(keep, d + 1))
+        first += scores[-2].shape[0]
+    return _best(torch.cat(scores), torch.cat(toks), torch.cat(parents), torch.cat(depths), B, len(scores) - 1)
+
+
+def _rank(key: Tensor) -> Tensor:
+    """Each element's place in ``key`` [N] sorted descending, ties to the lower index (a permutation of
+    0..N-1), counted over all pairs: no sort, so every exporter captures it; N is a few hundred at most."""
+    idx = torch.arange(key.shape[0], device=key.device)
+    earlier = idx.unsqueeze(0) < idx.unsqueeze(1)  # [i, j]: j comes before i
+    return ((key.unsqueeze(0) > key.unsqueeze(1)) | ((key.unsqueeze(0) == key.unsqueeze(1)) & earlier)).sum(1)
+
+
+def _best_first(key: Tensor, m: int) -> Tensor:
+    """Indices of the ``m`` (<= N) largest of ``key`` [N], largest first, ties to the lower index."""
+    hit = _rank(key).unsqueeze(0) == torch.arange(m, device=key.device).unsqueeze(1)  # [m, N]
+    return (hit * torch.arange(key.shape[0], device=key.device)).sum(1)
+
+
+def _best(score: Tensor, tok: Tensor, parent: Tensor, depth: Tensor, B: int, levels: int) -> Tree:
+    """The B best of N level-ordered candidates (ties: the earlier one), kept in candidate order, as a Tree
+    padded to B nodes."""
+    dev = score.device
+    N = score.shape[0]
+    n = min(B, N)
+    chosen = _rank(score) < n
+    slot = torch.cumsum(chosen.to(torch.int64), 0) - 1  # each chosen candidate's node index
+    src = ((chosen & (slot.unsqueeze(0) == torch.arange(B, device=dev).unsqueeze(1)))
+           * torch.arange(N, device=dev)).sum(1)  # node -> candidate (0 for padding)
+    valid = torch.arange(B, device=dev) < n
+    parents = torch.where(valid & (parent.index_select(0, src) >= 0),
+                          slot.index_select(0, parent.index_select(0, src).clamp(min=0)), -1)
+    anc = torch.eye(B, dtype=torch.bool, device=dev)
+    up = parents
+    for _ in range(levels):  # add each node's ancestors, one level up per step
+        anc = anc | (torch.nn.functional.one_hot(up.clamp(min=0), B).bool() & (up >= 0).unsqueeze(1))
+        up = torch.where(up >= 0, parents.index_select(0, up.clamp(min=0)), -1)
+    return Tree(torch.where(valid, tok.index_select(0, src), 0), parents,
+                torch.where(valid, depth.index_select(0, src), 0),
+                torch.where(valid, score.index_select(0, src), float("-inf")),
+                anc & valid.unsqueeze(0) & valid.unsqueeze(1))
 
 
 # ---- static trees ---------------------------------------------------------------------------------------
@@ -224,18 +241,23 @@ def calibrate_static_tree(stats: "Tensor | Sequence[Sequence[float]] | str | Pat
         rates = rates[:depth]
     if topk is not None:
         rates = rates[:, :topk]
-    rates = rates.clamp(0.0, 1.0)
-    D, K = rates.shape
+    return static_tree_from_paths(most_probable_paths(rates.clamp(0.0, 1.0).tolist(), budget), budget)
+
+
+def most_probable_paths(rates: Sequence[Sequence[float]], budget: int) -> list[tuple[int, ...]]:
+    """Rank paths of the ``budget - 1`` most probable non-root nodes, most probable first, where a node's
+    probability is the product of ``rates[d][r]`` (each in [0, 1]) along its path: since no child beats
+    its parent, greedy growth from the root picks them, parents first."""
     paths: list[tuple[int, ...]] = []
-    heap: list[tuple[float, tuple[int, ...]]] = [(-float(rates[0, r]), (r,)) for r in range(K)]
+    heap: list[tuple[float, tuple[int, ...]]] = [(-rates[0][r], (r,)) for r in range(len(rates[0]))] if rates else []
     heapq.heapify(heap)
     while heap and len(paths) + 1 < budget:
         negv, p = heapq.heappop(heap)
         paths.append(p)
-        if len(p) < D:
-            for r in range(K):
-                heapq.heappush(heap, (negv * float(rates[len(p), r]), p + (r,)))
-    return static_tree_from_paths(paths, budget)
+        if len(p) < len(rates):
+            for r, rate in enumerate(rates[len(p)]):
+                heapq.heappush(heap, (negv * rate, p + (r,)))
+    return paths
 
 
 def default_static_tree(depth: int, topk: int, budget: int) -> StaticTree:

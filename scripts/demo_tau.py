@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--topk", type=int, default=7, help="K of the dynamic tree (the paper's 7) and of the statistics")
     ap.add_argument("--extra-topks", default="1,2,4",
                     help="also measure the dynamic tree with these K (a K=7 tree of B=16 nodes is at most 3 deep)")
+    ap.add_argument("--depths", default="",
+                    help="also measure the dynamic tree with its drafted depth capped at these D (export --depth D)")
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--per-file", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=128)
@@ -70,9 +72,11 @@ def main() -> None:
         row = {"budget": B}
         static = calibrate_static_tree(stats["accept_rate"], B, depth=head.depth, topk=args.topk)
         extra = [int(k) for k in args.extra_topks.split(",") if k.strip()]
-        runs = [("dynamic", "dynamic", args.topk), ("static", static, args.topk)]
-        runs += [(f"dynamic_k{k}", "dynamic", k) for k in extra if k != args.topk]
-        for name, tree, K in runs:
+        runs = [("dynamic", "dynamic", args.topk, None), ("static", static, args.topk, None)]
+        runs += [(f"dynamic_k{k}", "dynamic", k, None) for k in extra if k != args.topk]
+        runs += [(f"dynamic_d{d}", "dynamic", args.topk, int(d)) for d in args.depths.split(",") if d.strip()]
+        for name, tree, K, depth in runs:
+            head.set_depth(depth or head.block_size - 1)
             acc, rounds, toks = [], 0, 0
             t1 = time.time()
             for ids in evalp:
@@ -84,6 +88,7 @@ def main() -> None:
             row[f"tau_{name}"] = sum(acc) / len(acc)
             row[f"rounds_{name}"] = rounds
             row[f"seconds_{name}"] = round(time.time() - t1, 1)
+        head.set_depth(head.block_size - 1)
         rows.append(row)
         print(f"B={B:4d}  " + "  ".join(f"{k[4:]} {v:.2f}" for k, v in row.items() if k.startswith("tau_")), flush=True)
     # losslessness on the evaluation prompts at one budget (greedy speculative == greedy target)

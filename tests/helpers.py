@@ -1,34 +1,31 @@
-"""Shared test helpers: a brute-force heap tree builder, a brute-force acceptance walk, an oracle draft."""
+"""Shared test helpers: a brute-force tree builder, a brute-force acceptance walk, an oracle draft."""
 
 from __future__ import annotations
 
-import heapq
-
+import numpy as np
 import torch
 
 from jetspec_compile.tree import Tree
 
 
-def heap_tree(root, topk_tokens, topk_logprobs, budget):
-    """The reference best-first algorithm, with a Python heap. Returns lists (tokens, parents, depth, score)."""
+def reference_tree(root, topk_tokens, topk_logprobs, budget):
+    """Brute force: every node of the candidate tree (K children per node, D deep), scored in float32 as
+    parent + log-prob; the B best (score descending, ties to the shallower node, then to the earlier one in
+    its level, where a level lists its nodes by score, then parent's place, then rank). Returned depth by
+    depth in level order, as lists (tokens, parents, depth, score)."""
     D, K = topk_tokens.shape
-    tokens, parents, depth, score = [int(root)], [-1], [0], [0.0]
-    heap = [(-0.0, 0)]
-    while heap and len(tokens) < budget:
-        neg, v = heapq.heappop(heap)  # ties on score -> lowest node index
-        d = depth[v]
-        if d == D:
-            continue
-        for j in range(K):
-            if len(tokens) >= budget:
-                break
-            s = score[v] + float(topk_logprobs[d, j])
-            tokens.append(int(topk_tokens[d, j]))
-            parents.append(v)
-            depth.append(d + 1)
-            score.append(s)
-            heapq.heappush(heap, (-s, len(tokens) - 1))
-    return tokens, parents, depth, score
+    lp = topk_logprobs.float().numpy()
+    levels = [[(np.float32(0.0), int(root), -1)]]  # per level: (score, token, parent's place in its level)
+    for d in range(D):
+        kids = [(np.float32(s + lp[d, r]), int(topk_tokens[d, r]), j)
+                for j, (s, _, _) in enumerate(levels[-1]) for r in range(K)]
+        levels.append(sorted(kids, key=lambda c: -c[0]))  # stable: ties keep (parent place, rank) order
+    ranked = sorted(((-float(n[0]), d, i) for d, lvl in enumerate(levels) for i, n in enumerate(lvl)))
+    chosen = sorted((d, i) for _, d, i in ranked[:budget])
+    index = {key: k for k, key in enumerate(chosen)}
+    tokens = [levels[d][i][1] for d, i in chosen]
+    parents = [index[(d - 1, levels[d][i][2])] if d else -1 for d, i in chosen]
+    return tokens, parents, [d for d, _ in chosen], [float(levels[d][i][0]) for d, i in chosen]
 
 
 def walk_accept(tokens, parents, valid, target_tokens):

@@ -99,17 +99,21 @@ def test_adaptive_sampling_matches_the_fixed_budget_it_picks(tiny_models):
 
 
 def test_tree_paths_follow_the_dynamic_builder():
-    """The policy's model of a budget's tree has the builder's shape: ceil((B-1)/K) expansions of the most
-    probable node, K children each in rank order."""
-    p = [[0.6, 0.2, 0.1], [0.5, 0.3, 0.1], [0.4, 0.2, 0.1]]
-    for B in (2, 4, 7, 10, 16):
+    """The policy's model of a budget's tree is the builder's tree: the B-1 most probable nodes."""
+    p = [[0.61, 0.23, 0.09], [0.52, 0.27, 0.11], [0.43, 0.19, 0.07]]  # no two paths tie
+    for B in (2, 4, 7, 10, 16, 40):
         paths = _tree_paths(p, B, 3, 3)
         logp = torch.log(torch.tensor(p))
         tree = build_tree(torch.tensor([0]), torch.arange(9).reshape(3, 3) + 1, logp, B)
-        assert len(paths) == int(tree.mask.diagonal().sum()) - 1
-        # node tokens encode (depth, rank): token = 3 * depth + rank + 1
-        got = {(int(d), int(t) - 1 - 3 * (int(d) - 1)) for t, d in zip(tree.tokens[1:], tree.depth[1:])}
-        assert got == {(len(q), q[-1]) for q in paths}
+        # node tokens encode (depth, rank): token = 3 * depth + rank + 1; a node's path is its parents' ranks
+        ranks = [int(t) - 1 - 3 * (int(d) - 1) for t, d in zip(tree.tokens, tree.depth)]
+        got = set()
+        for i in range(1, int(tree.valid.sum())):
+            path, j = (), i
+            while j > 0:
+                path, j = (ranks[j],) + path, int(tree.parents[j])
+            got.add(path)
+        assert got == paths and len(paths) == min(B - 1, 3 + 9 + 27)
 
 
 def test_policy_runs_plain_steps_and_explores():

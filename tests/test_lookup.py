@@ -190,7 +190,7 @@ def test_attach_chain_matches_brute_force(merge):
 
 
 def test_attach_chain_unmerged_layout():
-    t = build_tree(torch.tensor([1]), torch.tensor([[2, 3], [4, 5]]), torch.log(torch.tensor([[0.6, 0.4], [0.7, 0.3]])), 5)
+    t = build_tree(torch.tensor([1]), torch.tensor([[2, 3], [4, 5]]), torch.log(torch.tensor([[0.6, 0.4], [0.55, 0.45]])), 5)
     c = attach_chain(t, torch.tensor([2, 4, 9, 0]), torch.tensor([3]), merge=False)
     B = 5
     assert c.tokens.tolist()[B:] == [2, 4, 9, 0]
@@ -204,7 +204,7 @@ def test_attach_chain_unmerged_layout():
 
 def test_attach_chain_merge_reparents():
     # tree: 0 root(1) -> 1 (2), 2 (3); 1 -> 3 (4), 4 (5)
-    t = build_tree(torch.tensor([1]), torch.tensor([[2, 3], [4, 5]]), torch.log(torch.tensor([[0.6, 0.4], [0.7, 0.3]])), 5)
+    t = build_tree(torch.tensor([1]), torch.tensor([[2, 3], [4, 5]]), torch.log(torch.tensor([[0.6, 0.4], [0.55, 0.45]])), 5)
     assert t.parents.tolist() == [-1, 0, 0, 1, 1]
     B = 5
     c = attach_chain(t, torch.tensor([2, 4, 9, 7]), torch.tensor([4]))  # chain 2,4 is the tree path 0-1-3
@@ -245,7 +245,7 @@ def target_following(c: Tree, truth: list[int], noise: random.Random, vocab: int
 
 def test_accept_follows_chain_when_target_does():
     B, L = 5, 4
-    t = build_tree(torch.tensor([1]), torch.tensor([[2, 3], [4, 5]]), torch.log(torch.tensor([[0.6, 0.4], [0.7, 0.3]])), B)
+    t = build_tree(torch.tensor([1]), torch.tensor([[2, 3], [4, 5]]), torch.log(torch.tensor([[0.6, 0.4], [0.55, 0.45]])), B)
     for merge in (True, False):
         c = attach_chain(t, torch.tensor([3, 8, 9, 7]), torch.tensor([4]), merge=merge)
         rng = random.Random(0)
@@ -261,7 +261,7 @@ def test_accept_follows_chain_when_target_does():
 
 def test_accept_tie_goes_to_head_tree():
     B = 5
-    t = build_tree(torch.tensor([1]), torch.tensor([[2, 3], [4, 5]]), torch.log(torch.tensor([[0.6, 0.4], [0.7, 0.3]])), B)
+    t = build_tree(torch.tensor([1]), torch.tensor([[2, 3], [4, 5]]), torch.log(torch.tensor([[0.6, 0.4], [0.55, 0.45]])), B)
     c = attach_chain(t, torch.tensor([2, 4, 0]), torch.tensor([2]), merge=False)  # duplicates tree path 0-1-3
     tt = target_following(c, [2, 4, 6], random.Random(0), 10)
     acc = accept(c.tokens, c.parents, c.depth, c.mask, torch.tensor(tt), max(2, 3))
@@ -270,7 +270,7 @@ def test_accept_tie_goes_to_head_tree():
 
 def test_accept_never_takes_padding():
     B, L = 5, 4
-    t = build_tree(torch.tensor([1]), torch.tensor([[2, 3], [4, 5]]), torch.log(torch.tensor([[0.6, 0.4], [0.7, 0.3]])), B)
+    t = build_tree(torch.tensor([1]), torch.tensor([[2, 3], [4, 5]]), torch.log(torch.tensor([[0.6, 0.4], [0.55, 0.45]])), B)
     for n in (0, 1):
         c = attach_chain(t, torch.tensor([0, 0, 0, 0]), torch.tensor([n]))
         tt = torch.zeros(B + L, dtype=torch.int64)  # the target says 0 everywhere: padding tokens are 0 too
@@ -317,7 +317,7 @@ class _LookupModule(torch.nn.Module):
 @pytest.mark.parametrize("merge", [True, False])
 def test_attach_chain_exports(merge):
     B, L = 5, 4
-    t = build_tree(torch.tensor([1]), torch.tensor([[2, 3], [4, 5]]), torch.log(torch.tensor([[0.6, 0.4], [0.7, 0.3]])), B)
+    t = build_tree(torch.tensor([1]), torch.tensor([[2, 3], [4, 5]]), torch.log(torch.tensor([[0.6, 0.4], [0.55, 0.45]])), B)
     mod = _LookupModule(merge, max(2, L))
 
     def inputs(chain, n, tt):

@@ -29,18 +29,21 @@ def test_pruned_depth_builds_the_same_tree(B, K):
     g = torch.Generator().manual_seed(B * 10 + K)
     tok = torch.randint(0, 50, (D, K), generator=g)
     lp = torch.log_softmax(torch.randn(D, K, generator=g), -1).sort(dim=-1, descending=True).values
-    d = max(1, min(D, math.ceil((B - 1) / K)))
+    d = max(1, min(D, B - 1))
     full = build_tree(torch.tensor([3]), tok, lp, B)
     pruned = build_tree(torch.tensor([3]), tok[:d], lp[:d], B)
     for name in ("tokens", "parents", "depth", "mask", "score"):
         assert torch.equal(getattr(full, name), getattr(pruned, name)), name
     assert int(full.depth.max()) <= d
+    sure = torch.full((D, K), -30.0)
+    sure[:, 0] = 0.0  # a certain rank 0: the tree is a chain as deep as B allows, so d cannot be smaller
+    assert int(build_tree(torch.tensor([3]), tok, sure, B).depth.max()) == (d if B > 1 else 0)
 
 
 def test_reachable_depth(tiny_models):
     _, head, _ = tiny_models  # block 6: D = 5
-    assert SpecConfig(budget=16, topk=7).reachable_depth(head) == 3
-    assert SpecConfig(budget=64, topk=7).reachable_depth(head) == 5
+    assert SpecConfig(budget=4, topk=7).reachable_depth(head) == 3  # a chain of 3 under the root
+    assert SpecConfig(budget=16, topk=7).reachable_depth(head) == 5
     assert SpecConfig(budget=1, topk=7).reachable_depth(head) == 1
     static = SpecConfig(budget=4, topk=2, tree="static",
                         static_tree={"paths": [[0], [0, 0], [0, 0, 0]], "budget": 4})
@@ -124,6 +127,10 @@ def test_demo_export_defaults_come_from_fastest_json(tmp_path):
 
     rec = json.loads((demo_head_path().parent / "fastest.json").read_text())
     want = {k: rec[k] for k in GENERIC_DEFAULTS} | ({"budgets": rec["budgets"]} if rec.get("budgets") else {})
+    want |= {"depth": rec["depth"]} if rec.get("depth") else {}
     assert _demo_fastest(demo_head_path().parent / "fastest.json") == want
     assert rec["command"] and rec["measured"]
     assert _demo_fastest(tmp_path / "missing.json") == GENERIC_DEFAULTS
+    mine = tmp_path / "fastest.json"
+    mine.write_text(json.dumps({"budget": 8, "topk": 4, "tree": "dynamic", "lookup": 3, "depth": 4}))
+    assert _demo_fastest(mine) == {"budget": 8, "topk": 4, "tree": "dynamic", "lookup": 3, "depth": 4}

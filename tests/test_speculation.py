@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from helpers import OracleDraft, empty_cache, heap_tree, walk_accept
+from helpers import OracleDraft, empty_cache, reference_tree, walk_accept
 from jetspec_compile.accept import accept, filter_logits, sample_tokens
 from jetspec_compile.attention import CacheAttention, causal_mask
 from jetspec_compile.graphs import SpecConfig, build_graphs
@@ -19,7 +19,7 @@ from jetspec_compile.tree import (build_tree, calibrate_static_tree, default_sta
 # ---- build_tree ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", range(60))
-def test_build_tree_matches_heap(case):
+def test_build_tree_matches_reference(case):
     g = torch.Generator().manual_seed(case)
     D = int(torch.randint(1, 6, (1,), generator=g))
     K = int(torch.randint(1, 5, (1,), generator=g))
@@ -30,7 +30,7 @@ def test_build_tree_matches_heap(case):
     else:
         lps = -torch.rand(D, K, generator=g).sort(dim=-1).values * 4
     tree = build_tree(torch.tensor([7]), toks, lps, B)
-    rt, rp, rd, rs = heap_tree(7, toks, lps, B)
+    rt, rp, rd, rs = reference_tree(7, toks, lps, B)
     n = len(rt)
     assert tree.tokens.shape == (B,) and tree.mask.shape == (B, B)
     assert tree.tokens[:n].tolist() == rt
