@@ -46,6 +46,9 @@ def main() -> None:
     ap.add_argument("--calib-budget", type=int, default=64)
     ap.add_argument("--out", default="runs/demo_tau.json")
     ap.add_argument("--stats", default="runs/accept_stats.json")
+    ap.add_argument("--calibration", default=None,
+                    help="calibrate the static trees from this acceptance-statistics JSON instead of collecting new "
+                         "ones (e.g. the shipped jetspec_compile/demo/accept_stats.json)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--head", default=None, help="head folder to measure (default: the bundled demo head)")
     args = ap.parse_args()
@@ -62,11 +65,15 @@ def main() -> None:
     eos = [int(target.config.eos_token_id)] if target.config.eos_token_id is not None else []
     print(f"{len(calib)} calibration prompts, {len(evalp)} evaluation prompts", flush=True)
     t0 = time.time()
-    stats = collect_accept_stats(target, head, calib, args.max_new_tokens, budget=args.calib_budget,
-                                 topk=args.topk, eos_token_ids=eos)
-    save_accept_stats(stats, args.stats)
-    print(f"acceptance statistics ({time.time() - t0:.0f}s) -> {args.stats}; per-depth acceptance "
-          + " ".join(f"{r:.2f}" for r in stats["depth_accept_rate"]), flush=True)
+    if args.calibration:
+        stats = json.loads(Path(args.calibration).read_text())
+        print(f"acceptance statistics from {args.calibration}", flush=True)
+    else:
+        stats = collect_accept_stats(target, head, calib, args.max_new_tokens, budget=args.calib_budget,
+                                     topk=args.topk, eos_token_ids=eos)
+        save_accept_stats(stats, args.stats)
+        print(f"acceptance statistics ({time.time() - t0:.0f}s) -> {args.stats}", flush=True)
+    print("per-depth acceptance " + " ".join(f"{r:.2f}" for r in stats["depth_accept_rate"]), flush=True)
     rows = []
     for B in [int(b) for b in args.budgets.split(",")]:
         row = {"budget": B}
