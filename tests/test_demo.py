@@ -56,19 +56,20 @@ def test_demo_greedy_speculative_is_lossless(runs_b16):
 
 
 def test_demo_tau_at_budget_16(runs_b16):
-    """tau at B = 16 (the default dynamic tree, K = 7) on three held-out prompts, at the level the shipped
-    head reaches: measured 2.395 with it (training stage 8; 2.37 with stage 7, 2.36 with stage 6, 2.37 with stage 5,
-    2.27 with stage 4, which this threshold fails).
-    The README's demo section has the full table."""
+    """tau at B = 16 (the default dynamic tree, K = 7: the 16 most probable nodes) on three held-out prompts, at
+    the level the shipped head reaches: measured 2.413 with it (training stage 9; stages 8, 7 and 6 2.413, 2.487,
+    2.42 with this tree builder). The tree built K children at a time gave 2.395 with stage 8 (and 2.27
+    with stage 4, which this threshold fails). Three prompts do not order the recent stages (on the 15 prompts of
+    scripts/demo_tau.py stage 9 leads stage 8 at every budget); the README's demo section has the full table."""
     accepted = [a for _, st, _ in runs_b16 for a in st.accepted]
-    assert sum(accepted) / len(accepted) > 2.35
+    assert sum(accepted) / len(accepted) > 2.38
 
 
 def test_demo_calibrated_static_tree_is_lossless_and_drafts_well(demo):
     """The best policy at B = 16: the static tree calibrated from the shipped accept_stats.json.
-    Outputs equal greedy decoding; tau measured 2.57 on these prompts (2.44 with stage 7's head and statistics,
-    2.46 with stage 6's, 2.44 with stage 5's, 2.28 with stage 4's, all of which this threshold fails; 2.89 on the
-    15 evaluation prompts of scripts/demo_tau.py)."""
+    Outputs equal greedy decoding; tau measured 2.571 on these prompts with stage 9's head and statistics (stage
+    8's: 2.573; 2.44 with stage 7's, 2.46 with stage 6's, 2.44 with stage 5's, 2.28 with stage 4's, all of which this
+    threshold fails; 2.98 on the 15 evaluation prompts of scripts/demo_tau.py)."""
     from jetspec_compile import demo_paths
     from jetspec_compile.tree import calibrate_static_tree
 
