@@ -9,7 +9,7 @@ The tree's topology may change every round; its shapes never do, so one engine s
 
 Two policies share that contract:
   * dynamic — :func:`build_tree`: the B most probable nodes by cumulative draft log-prob, found level by
-    level with rankings of fixed size (no host sync, no data-dependent Python control flow: torch.export
+    level with picks of fixed size (no host sync, no data-dependent Python control flow: torch.export
     captures it);
   * static  — :class:`StaticTree`: a topology of (depth, rank) paths frozen at export time (e.g. from
     :func:`calibrate_static_tree`); drafting is then a gather of the per-depth top-K.
@@ -57,7 +57,8 @@ def build_tree(root_token: Tensor, topk_tokens: Tensor, topk_logprobs: Tensor, b
     time). Order: score descending, ties to the shallower node, then to the earlier one in its level.
 
     Level by level: the B best nodes of depth d are among the children of the B best of depth d-1, so each
-    level ranks at most B*K candidates, and one more ranking over the levels picks the B best overall.
+    level picks from at most B*K candidates, and one more pick over the levels finds the B best overall
+    (``topk`` values for the threshold, a running count for ties: no sort, exact, every exporter captures it).
     Nodes come out depth by depth (parents before children); a tree with fewer than B nodes in all is
     padded (token 0, parent -1, depth 0, score -inf, all-False mask row and column).
     """
@@ -82,18 +83,41 @@ def build_tree(root_token: Tensor, topk_tokens: Tensor, topk_logprobs: Tensor, b
     return _best(torch.cat(scores), torch.cat(toks), torch.cat(parents), torch.cat(depths), B, len(scores) - 1)
 
 
+_PAIRWISE_MAX = 160  # up to this many candidates, ranking every pair is cheaper than topk + compaction
+
+
 def _rank(key: Tensor) -> Tensor:
-    """Each element's place in ``key`` [N] sorted descending, ties to the lower index (a permutation of
-    0..N-1), counted over all pairs: no sort, so every exporter captures it; N is a few hundred at most."""
-    idx = torch.arange(key.shape[0], device=key.device)
-    earlier = idx.unsqueeze(0) < idx.unsqueeze(1)  # [i, j]: j comes before i
-    return ((key.unsqueeze(0) > key.unsqueeze(1)) | ((key.unsqueeze(0) == key.unsqueeze(1)) & earlier)).sum(1)
+    """Each element's place in ``key`` [N] sorted descending, ties to the lower index (a permutation)."""
+    i = torch.arange(key.shape[0], device=key.device)
+    return ((key.unsqueeze(0) > key.unsqueeze(1))
+            | ((key.unsqueeze(0) == key.unsqueeze(1)) & (i.unsqueeze(0) < i.unsqueeze(1)))).sum(1)
+
+
+def _top(key: Tensor, m: int) -> Tensor:
+    """Mask of the ``m`` (<= N) largest of ``key`` [N], ties to the lower index: a threshold from ``topk``'s
+    values (which any tie order gives alike) and a running count of the ties at it, so the choice is exact."""
+    if key.shape[0] <= _PAIRWISE_MAX:
+        return _rank(key) < m
+    t = torch.topk(key, m).values[m - 1]
+    above, tie = key > t, key == t
+    return above | (tie & (torch.cumsum(tie.to(torch.int64), 0) <= m - above.sum()))
+
+
+def _compact(mask: Tensor, m: int) -> Tensor:
+    """Indices of the ``m`` True entries of ``mask`` [N], in order (a one-hot sum: no data-dependent shape)."""
+    slot = torch.cumsum(mask.to(torch.int64), 0) - 1
+    hit = mask & (slot.unsqueeze(0) == torch.arange(m, device=mask.device).unsqueeze(1))  # [m, N]
+    return (hit * torch.arange(mask.shape[0], device=mask.device)).sum(1)
 
 
 def _best_first(key: Tensor, m: int) -> Tensor:
     """Indices of the ``m`` (<= N) largest of ``key`` [N], largest first, ties to the lower index."""
-    hit = _rank(key).unsqueeze(0) == torch.arange(m, device=key.device).unsqueeze(1)  # [m, N]
-    return (hit * torch.arange(key.shape[0], device=key.device)).sum(1)
+    i = torch.arange(m, device=key.device)
+    if key.shape[0] <= _PAIRWISE_MAX:
+        return ((_rank(key).unsqueeze(0) == i.unsqueeze(1)) * torch.arange(key.shape[0], device=key.device)).sum(1)
+    pick = _compact(_top(key, m), m)  # in index order
+    place = _rank(key.index_select(0, pick))  # each pick's place, largest first
+    return ((place.unsqueeze(0) == i.unsqueeze(1)) * pick).sum(1)
 
 
 def _best(score: Tensor, tok: Tensor, parent: Tensor, depth: Tensor, B: int, levels: int) -> Tree:
@@ -102,10 +126,9 @@ def _best(score: Tensor, tok: Tensor, parent: Tensor, depth: Tensor, B: int, lev
     dev = score.device
     N = score.shape[0]
     n = min(B, N)
-    chosen = _rank(score) < n
+    chosen = _top(score, n)
     slot = torch.cumsum(chosen.to(torch.int64), 0) - 1  # each chosen candidate's node index
-    src = ((chosen & (slot.unsqueeze(0) == torch.arange(B, device=dev).unsqueeze(1)))
-           * torch.arange(N, device=dev)).sum(1)  # node -> candidate (0 for padding)
+    src = _compact(chosen, B)  # node -> candidate (0 for padding)
     valid = torch.arange(B, device=dev) < n
     parents = torch.where(valid & (parent.index_select(0, src) >= 0),
                           slot.index_select(0, parent.index_select(0, src).clamp(min=0)), -1)
