@@ -1,7 +1,7 @@
 """Speed 1: what a round no longer computes, and the native linear layer.
 
-* Drafting only reachable depths: a dynamic tree of B nodes with K children per expansion is at most
-  ceil((B-1)/K) deep, so the tree built from the pruned draft equals the one built from every depth.
+* Drafting only reachable depths: a dynamic tree of B nodes is at most B-1 deep (a chain), so the tree built
+  from the pruned draft equals the one built from every depth, and a certain head reaches that depth.
 * `jetspec::linear` equals `F.linear` with and without a registered (prepacked) weight; a weight modified
   in place is re-packed, a freed one forgotten. A registered fp32 weight runs the panel GEMM
   (csrc/panel_gemm.cpp) over every row count, ragged N and K, with a bias, and is bitwise batch-invariant:
