@@ -112,12 +112,10 @@ def _compact(mask: Tensor, m: int) -> Tensor:
 
 def _best_first(key: Tensor, m: int) -> Tensor:
     """Indices of the ``m`` (<= N) largest of ``key`` [N], largest first, ties to the lower index."""
-    i = torch.arange(m, device=key.device)
-    if key.shape[0] <= _PAIRWISE_MAX:
-        return ((_rank(key).unsqueeze(0) == i.unsqueeze(1)) * torch.arange(key.shape[0], device=key.device)).sum(1)
-    pick = _compact(_top(key, m), m)  # in index order
+    N = key.shape[0]
+    pick = torch.arange(N, device=key.device) if N <= _PAIRWISE_MAX else _compact(_top(key, m), m)  # index order
     place = _rank(key.index_select(0, pick))  # each pick's place, largest first
-    return ((place.unsqueeze(0) == i.unsqueeze(1)) * pick).sum(1)
+    return ((place.unsqueeze(0) == torch.arange(m, device=key.device).unsqueeze(1)) * pick).sum(1)
 
 
 def _best(score: Tensor, tok: Tensor, parent: Tensor, depth: Tensor, B: int, levels: int) -> Tree:
@@ -130,8 +128,8 @@ def _best(score: Tensor, tok: Tensor, parent: Tensor, depth: Tensor, B: int, lev
     slot = torch.cumsum(chosen.to(torch.int64), 0) - 1  # each chosen candidate's node index
     src = _compact(chosen, B)  # node -> candidate (0 for padding)
     valid = torch.arange(B, device=dev) < n
-    parents = torch.where(valid & (parent.index_select(0, src) >= 0),
-                          slot.index_select(0, parent.index_select(0, src).clamp(min=0)), -1)
+    up = parent.index_select(0, src)  # each node's parent, as a candidate index
+    parents = torch.where(valid & (up >= 0), slot.index_select(0, up.clamp(min=0)), -1)
     anc = torch.eye(B, dtype=torch.bool, device=dev)
     up = parents
     for _ in range(levels):  # add each node's ancestors, one level up per step
